@@ -1,0 +1,1 @@
+"""callbridge: an Exotel CCM v3-compatible contact-center calling server."""

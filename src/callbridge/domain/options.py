@@ -1,0 +1,147 @@
+"""What a call was asked to do: the validated, immutable options of a click-to-call request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RecordingChannels(StrEnum):
+    SINGLE = "single"
+    DUAL = "dual"
+
+
+class RecordingFormat(StrEnum):
+    MP3 = "mp3"
+    MP3_HQ = "mp3-hq"
+
+
+class CallbackEvent(StrEnum):
+    ANSWERED = "answered"
+    TERMINAL = "terminal"
+
+
+class CallbackMethod(StrEnum):
+    POST = "POST"
+    GET = "GET"
+
+
+class CallbackContentType(StrEnum):
+    JSON = "application/json"
+    MULTIPART = "multipart/form-data"
+
+
+class PlaybackTo(StrEnum):
+    BOTH = "both"
+    CALLEE = "callee"
+    CALLER = "caller"
+
+
+class StreamBegin(StrEnum):
+    FROM_LEG_CONNECT = "from_leg_connect"
+    TO_LEG_CONNECT = "to_leg_connect"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingOptions:
+    record: bool = False
+    channels: RecordingChannels = RecordingChannels.SINGLE
+    format: RecordingFormat = RecordingFormat.MP3
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCallback:
+    event: CallbackEvent
+    url: str
+    method: CallbackMethod = CallbackMethod.POST
+    content_type: CallbackContentType = CallbackContentType.JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Playback:
+    url: str
+    to: PlaybackTo = PlaybackTo.BOTH
+    event: str = "start"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingOptions:
+    url: str
+    begin: StreamBegin = StreamBegin.FROM_LEG_CONNECT
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Everything about a call beyond its parties; stored with the call as JSON."""
+
+    attempt_timeout_s: int = 30
+    max_time_limit_s: int = 14400
+    recording: RecordingOptions = field(default_factory=RecordingOptions)
+    wait_audio_url: str | None = None
+    playback: tuple[Playback, ...] = ()
+    streaming: StreamingOptions | None = None
+    status_callbacks: tuple[StatusCallback, ...] = ()
+    state_management: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt_timeout_s": self.attempt_timeout_s,
+            "max_time_limit_s": self.max_time_limit_s,
+            "recording": {
+                "record": self.recording.record,
+                "channels": self.recording.channels.value,
+                "format": self.recording.format.value,
+            },
+            "wait_audio_url": self.wait_audio_url,
+            "playback": [{"url": p.url, "to": p.to.value, "event": p.event} for p in self.playback],
+            "streaming": (
+                {"url": self.streaming.url, "begin": self.streaming.begin.value}
+                if self.streaming
+                else None
+            ),
+            "status_callbacks": [
+                {
+                    "event": c.event.value,
+                    "url": c.url,
+                    "method": c.method.value,
+                    "content_type": c.content_type.value,
+                }
+                for c in self.status_callbacks
+            ],
+            "state_management": self.state_management,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallOptions:
+        rec = data.get("recording") or {}
+        streaming = data.get("streaming")
+        return cls(
+            attempt_timeout_s=int(data.get("attempt_timeout_s", 30)),
+            max_time_limit_s=int(data.get("max_time_limit_s", 14400)),
+            recording=RecordingOptions(
+                record=bool(rec.get("record", False)),
+                channels=RecordingChannels(rec.get("channels", "single")),
+                format=RecordingFormat(rec.get("format", "mp3")),
+            ),
+            wait_audio_url=data.get("wait_audio_url"),
+            playback=tuple(
+                Playback(url=p["url"], to=PlaybackTo(p["to"]), event=p.get("event", "start"))
+                for p in data.get("playback", [])
+            ),
+            streaming=(
+                StreamingOptions(url=streaming["url"], begin=StreamBegin(streaming["begin"]))
+                if streaming
+                else None
+            ),
+            status_callbacks=tuple(
+                StatusCallback(
+                    event=CallbackEvent(c["event"]),
+                    url=c["url"],
+                    method=CallbackMethod(c["method"]),
+                    content_type=CallbackContentType(c["content_type"]),
+                )
+                for c in data.get("status_callbacks", [])
+            ),
+            state_management=bool(data.get("state_management", False)),
+        )
