@@ -1,0 +1,172 @@
+"""The application factory: builds the store, driver, engine and workers in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from callbridge.api import calls_routes, health, sim_routes
+from callbridge.api.auth import Authenticator, RateLimiter
+from callbridge.api.envelope import failure
+from callbridge.api.idempotency import IdempotencyStore
+from callbridge.api.middleware import EnvelopeMiddleware
+from callbridge.api.services import Services, request_id
+from callbridge.clock import Clock, SystemClock
+from callbridge.config import apply_config, load_config
+from callbridge.engine.core import CallEngine
+from callbridge.engine.reconciler import Reconciler, new_node_id
+from callbridge.errors import (
+    CallbridgeError,
+    MethodNotAllowed,
+    NotFound,
+    ValidationFailed,
+)
+from callbridge.settings import Settings
+from callbridge.store.repo import Store
+from callbridge.store.schema import ensure_schema
+from callbridge.telephony.base import TelephonyDriver
+from callbridge.telephony.sim import SimulatedCarrier
+from callbridge.webhooks.ssrf import UrlGuard
+
+log = logging.getLogger(__name__)
+
+
+def build_driver(settings: Settings, clock: Clock) -> TelephonyDriver:
+    if settings.driver == "sip":
+        from callbridge.telephony.sip import SipDriver
+
+        return SipDriver(settings)  # type: ignore[no-any-return]
+    return SimulatedCarrier(clock, media=_sim_media(clock))
+
+
+def _sim_media(clock: Clock) -> Any:
+    try:
+        from callbridge.telephony.sim_media import SimMediaPlane
+    except ImportError:
+        return None
+    return SimMediaPlane(clock)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    driver: TelephonyDriver | None = None,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    node_id: str | None = None,
+    run_background: bool = True,
+) -> FastAPI:
+    """Build the ASGI app. Nothing is opened until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_clock = clock or SystemClock()
+        the_store = store or Store(settings.resolved_database_url())
+        owns_store = store is None
+        await ensure_schema(the_store)
+        if settings.config is not None:
+            await apply_config(
+                the_store,
+                load_config(settings.config, default_rate_limit=settings.default_rate_limit_per_minute),
+                the_clock,
+            )
+        the_driver = driver or build_driver(settings, the_clock)
+        the_node = node_id or new_node_id()
+        svc_holder: dict[str, Services] = {}
+
+        def recording_url(account_sid: str, rid: str) -> str:
+            return svc_holder["svc"].recording_url(rid, account_sid)
+
+        engine = CallEngine(
+            store=the_store,
+            driver=the_driver,
+            clock=the_clock,
+            node_id=the_node,
+            recording_url=recording_url,
+        )
+        svc = Services(
+            settings=settings,
+            store=the_store,
+            clock=the_clock,
+            driver=the_driver,
+            engine=engine,
+            node_id=the_node,
+            auth=Authenticator(the_store),
+            rate_limiter=RateLimiter(),
+            idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
+            guard=UrlGuard(settings.allow_private_urls),
+            sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
+        )
+        svc_holder["svc"] = svc
+        app.state.services = svc
+        reconciler = Reconciler(
+            store=the_store,
+            clock=the_clock,
+            node_id=the_node,
+            lease_ttl_s=settings.lease_ttl_s,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            reconcile_interval_s=settings.reconcile_interval_s,
+        )
+        svc.extras["reconciler"] = reconciler
+        await reconciler.register()
+        await engine.start()
+        await reconciler.reconcile_once()
+        if run_background:
+            reconciler.start()
+        svc.ready = True
+        log.info("callbridge started", extra={"node": the_node, "driver": the_driver.name})
+        try:
+            yield
+        finally:
+            svc.ready = False
+            await engine.stop()
+            await reconciler.stop()
+            if owns_store:
+                await the_store.close()
+            log.info("callbridge stopped", extra={"node": the_node})
+
+    app = FastAPI(
+        title="callbridge",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(calls_routes.router)
+    if settings.driver == "sim":
+        app.include_router(sim_routes.router)
+
+    @app.exception_handler(CallbridgeError)
+    async def _callbridge_error(request: Request, exc: CallbridgeError) -> Response:
+        return failure(request_id(request), request.method, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error: CallbridgeError
+        if exc.status_code == 404:
+            error = NotFound(f"no such resource: {request.url.path[:128]}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed here")
+        else:
+            error = CallbridgeError(str(exc.detail))
+            error.http_status = exc.status_code
+            error.code = exc.status_code
+        return failure(request_id(request), request.method, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return failure(request_id(request), request.method, ValidationFailed(f"{loc}: {first['msg']}"))
+
+    return app

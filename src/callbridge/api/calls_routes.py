@@ -1,0 +1,145 @@
+"""The v3 calls API: click-to-call, call details and legs (SPEC §2.2–§2.5)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from callbridge.api.envelope import EnvelopeResponse, failure, success
+from callbridge.api.idempotency import body_hash
+from callbridge.api.schemas import parse_create_call
+from callbridge.api.services import api_account, request_id, services
+from callbridge.api.urls import check_call_urls
+from callbridge.domain.views import call_details, leg_details
+from callbridge.engine.admission import ClickToCall, admit_click_to_call
+from callbridge.errors import (
+    CallbridgeError,
+    CallNotFound,
+    LegsCallNotFound,
+    ValidationFailed,
+    VirtualNumberNotFound,
+)
+from callbridge.numbers import InvalidContactUri, normalise
+from callbridge.store import calls as call_store
+from callbridge.store.accounts import Account
+
+router = APIRouter()
+
+
+@router.post("/v3/accounts/{account_sid}/calls")
+async def create_call(request: Request, account_sid: str) -> Response:
+    svc = services(request)
+    account = await api_account(request, account_sid)
+    body = await request.body()
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await _create_call(request, account, body)
+    stored = await svc.idempotency.begin(account.sid, key, body_hash(body), svc.clock.now())
+    if stored is not None:
+        return Response(
+            stored.body,
+            status_code=stored.status,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true", "X-Request-Id": request_id(request)},
+        )
+    try:
+        response = await _create_call(request, account, body)
+    except CallbridgeError as exc:
+        response = failure(request_id(request), "POST", exc)
+    except BaseException:
+        await svc.idempotency.finish(account.sid, key, 500, "")
+        raise
+    await svc.idempotency.finish(account.sid, key, response.status_code, bytes(response.body).decode())
+    return response
+
+
+async def _create_call(request: Request, account: Account, body: bytes) -> EnvelopeResponse:
+    svc = services(request)
+    payload = parse_create_call(body)
+    region = account.region
+    try:
+        from_uri = normalise(payload.from_.contact_uri, region)
+    except InvalidContactUri as exc:
+        raise ValidationFailed(f"from.contact_uri: {exc}") from exc
+    try:
+        to_uri = normalise(payload.to.contact_uri, region)
+    except InvalidContactUri as exc:
+        raise ValidationFailed(f"to.contact_uri: {exc}") from exc
+    try:
+        virtual_number = normalise(payload.virtual_number, region)
+    except InvalidContactUri as exc:
+        raise VirtualNumberNotFound(f"virtual_number: {exc}") from exc
+    options = payload.options()
+    await check_call_urls(svc.guard, options)
+    call = await admit_click_to_call(
+        svc.engine,
+        ClickToCall(
+            account=account,
+            from_uri=from_uri,
+            to_uri=to_uri,
+            virtual_number=virtual_number.uri,
+            options=options,
+            custom_field=payload.custom_field,
+        ),
+    )
+    details = call_details(call, account.timezone)
+    return success(request_id(request), "POST", {"call_details": details})
+
+
+@router.get("/v3/accounts/{account_sid}/calls/{call_sid}")
+async def get_call(request: Request, account_sid: str, call_sid: str) -> Response:
+    svc = services(request)
+    account = await api_account(request, account_sid)
+    async with svc.store.read() as conn:
+        call = await call_store.get_call(conn, account.sid, call_sid)
+    if call is None:
+        raise CallNotFound(f"call {call_sid[:64]} not found")
+    details = call_details(call, account.timezone, lambda rid: svc.recording_url(rid, account.sid))
+    return success(request_id(request), "GET", {"call_details": details})
+
+
+@router.get("/v3/accounts/{account_sid}/calls/{call_sid}/legs")
+async def get_legs(request: Request, account_sid: str, call_sid: str) -> Response:
+    svc = services(request)
+    account = await api_account(request, account_sid)
+    async with svc.store.read() as conn:
+        call = await call_store.get_call(conn, account.sid, call_sid)
+        if call is None:
+            raise LegsCallNotFound(f"call {call_sid[:64]} not found")
+        legs = await call_store.get_legs(conn, call.sid)
+    details = leg_details(account.sid, call.sid, legs, account.timezone)
+    return success(request_id(request), "GET", {"leg_details": details})
+
+
+@router.get("/v3/accounts/{account_sid}/calls")
+async def list_calls(request: Request, account_sid: str) -> Response:
+    svc = services(request)
+    account = await api_account(request, account_sid)
+    limit = _int_param(request, "limit", 50, 1, 200)
+    active = request.query_params.get("state") == "active"
+    async with svc.store.read() as conn:
+        found = await call_store.list_calls(conn, account.sid, limit=limit, active_only=active)
+    items = [
+        {"code": 200, "status": "success", "call_details": call_details(c, account.timezone)}
+        for c in found
+    ]
+    return success(
+        request_id(request),
+        "GET",
+        items,
+        metadata={"count": len(items), "limit": limit},
+    )
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValidationFailed(f"{name} must be an integer") from exc
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be between {low} and {high}")
+    return value

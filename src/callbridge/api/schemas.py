@@ -1,0 +1,153 @@
+"""Request schemas of the calls API (pydantic), kept apart from table rows and domain objects.
+
+Unknown fields are ignored, as Exotel clients send extras; wrong types and values become a
+400 whose message names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from callbridge.domain.options import (
+    CallbackContentType,
+    CallbackEvent,
+    CallbackMethod,
+    CallOptions,
+    Playback,
+    PlaybackTo,
+    RecordingChannels,
+    RecordingFormat,
+    RecordingOptions,
+    StatusCallback,
+    StreamBegin,
+    StreamingOptions,
+)
+from callbridge.errors import InvalidRecordingChannels, ValidationFailed
+
+MAX_URL_LENGTH = 2048
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class PartyIn(_Lenient):
+    contact_uri: str = Field(min_length=1, max_length=255)
+    state_management: bool = False
+
+
+class CustomerIn(_Lenient):
+    contact_uri: str = Field(min_length=1, max_length=255)
+
+
+class RecordingIn(_Lenient):
+    record: bool = False
+    channels: str = "single"
+    format: Literal["mp3", "mp3-hq"] = "mp3"
+
+
+class StatusCallbackIn(_Lenient):
+    event: Literal["answered", "terminal"]
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    method: Literal["POST", "GET"] = "POST"
+    content_type: Literal["application/json", "multipart/form-data"] = "application/json"
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("content_type", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class PlaybackIn(_Lenient):
+    event: Literal["start"] = "start"
+    to: Literal["both", "callee", "caller"] = "both"
+    value: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+
+
+class StreamingIn(_Lenient):
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    begin: Literal["from_leg_connect", "to_leg_connect"] = "from_leg_connect"
+
+
+class CreateCallIn(_Lenient):
+    from_: PartyIn = Field(alias="from")
+    to: CustomerIn
+    virtual_number: str = Field(min_length=1, max_length=64)
+    recording: RecordingIn | None = None
+    wait_audio_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    max_time_limit: int = Field(default=14400, ge=1, le=14400)
+    attempt_time_out: int = Field(default=30, ge=1, le=600)
+    custom_field: str | None = Field(default=None, max_length=128)
+    status_callback: list[StatusCallbackIn] = Field(default_factory=list, max_length=10)
+    playback: list[PlaybackIn] = Field(default_factory=list, max_length=10)
+    streaming: StreamingIn | None = None
+
+    def options(self) -> CallOptions:
+        recording = self.recording or RecordingIn()
+        return CallOptions(
+            attempt_timeout_s=self.attempt_time_out,
+            max_time_limit_s=self.max_time_limit,
+            recording=RecordingOptions(
+                record=recording.record,
+                channels=RecordingChannels(recording.channels),
+                format=RecordingFormat(recording.format),
+            ),
+            wait_audio_url=self.wait_audio_url or None,
+            playback=tuple(Playback(url=p.value, to=PlaybackTo(p.to)) for p in self.playback),
+            streaming=(
+                StreamingOptions(url=self.streaming.url, begin=StreamBegin(self.streaming.begin))
+                if self.streaming
+                else None
+            ),
+            status_callbacks=tuple(
+                StatusCallback(
+                    event=CallbackEvent(c.event),
+                    url=c.url,
+                    method=CallbackMethod(c.method),
+                    content_type=CallbackContentType(c.content_type),
+                )
+                for c in self.status_callback
+            ),
+            state_management=self.from_.state_management,
+        )
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise ValidationFailed("request body is empty; a JSON object is required")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"request body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return data
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`from.contact_uri: Field required` — the first problem, naming the field."""
+    first = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{loc}: {first['msg']}"
+
+
+def parse_create_call(body: bytes) -> CreateCallIn:
+    data = parse_json_object(body)
+    recording = data.get("recording")
+    if isinstance(recording, dict) and "channels" in recording:
+        if recording["channels"] not in ("single", "dual"):
+            raise InvalidRecordingChannels(
+                f"recording.channels must be single or dual, not {str(recording['channels'])[:32]!r}"
+            )
+    try:
+        return CreateCallIn.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(describe_validation_error(exc)) from exc

@@ -1,0 +1,39 @@
+"""Request-time checks of client-supplied URLs (callbacks, audio, streams): syntax and SSRF."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from callbridge.domain.options import CallOptions
+from callbridge.errors import ValidationFailed
+from callbridge.webhooks.ssrf import UnsafeUrl, UrlGuard
+
+HTTP = ("http", "https")
+WS = ("ws", "wss")
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without `user:pass@` (stream URLs may carry Basic credentials)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
+    """Raise a 400 naming the field of the first URL that is malformed or not public."""
+    checks: list[tuple[str, str, tuple[str, ...]]] = []
+    for i, callback in enumerate(options.status_callbacks):
+        checks.append((f"status_callback.{i}.url", callback.url, HTTP))
+    if options.wait_audio_url:
+        checks.append(("wait_audio_url", options.wait_audio_url, HTTP))
+    for i, playback in enumerate(options.playback):
+        checks.append((f"playback.{i}.value", playback.url, HTTP))
+    if options.streaming is not None:
+        checks.append(("streaming.url", strip_credentials(options.streaming.url), WS))
+    for field, url, schemes in checks:
+        try:
+            await guard.check(url, schemes)
+        except UnsafeUrl as exc:
+            raise ValidationFailed(f"{field}: {exc}") from exc

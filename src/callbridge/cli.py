@@ -1,0 +1,116 @@
+"""The `callbridge` command: serve, migrate, worker, accounts, callbacks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from callbridge.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("config", "host", "port", "database_url", "driver", "data_dir", "log_level"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "allow_private_urls", False):
+        overrides["allow_private_urls"] = True
+    return Settings(**overrides)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file applied at start")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite under ./data)")
+    parser.add_argument("--data-dir", type=Path, help="where SQLite and recordings live")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callbridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server and call engine")
+    _common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--driver", choices=["sim", "sip"])
+    serve.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let callback, audio and stream URLs point at loopback/private networks",
+    )
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    _common(migrate)
+
+    worker = sub.add_parser("worker", help="run only the status-callback delivery worker")
+    _common(worker)
+    worker.add_argument("--allow-private-urls", action="store_true")
+
+    accounts = sub.add_parser("accounts", help="account administration")
+    _common(accounts)
+    acc_sub = accounts.add_subparsers(dest="accounts_command", required=True)
+    secret = acc_sub.add_parser("webhook-secret", help="show or rotate an account's webhook secret")
+    secret.add_argument("account_sid")
+    secret.add_argument("--rotate", action="store_true")
+
+    callbacks = sub.add_parser("callbacks", help="status-callback deliveries")
+    _common(callbacks)
+    cb_sub = callbacks.add_subparsers(dest="callbacks_command", required=True)
+    replay = cb_sub.add_parser("replay", help="re-send one delivery")
+    replay.add_argument("account_sid")
+    replay.add_argument("delivery_id", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings(args)
+    from callbridge.logs import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "migrate":
+        from callbridge.store.schema import upgrade_to_head
+
+        upgrade_to_head(settings.resolved_database_url())
+        print("database is up to date")  # noqa: T201 - CLI output
+        return 0
+    from callbridge import admin
+
+    return asyncio.run(admin.run(args, settings))
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from callbridge.api.app import create_app
+    from callbridge.config import ConfigError, load_config
+
+    if settings.config is not None:
+        try:
+            load_config(settings.config)
+        except ConfigError as exc:
+            print(f"callbridge: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

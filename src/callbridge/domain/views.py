@@ -1,0 +1,93 @@
+"""Exotel wire shapes of calls and legs, rendered in the account's timezone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from callbridge.domain.calls import Call, CallState, Leg, LegSide
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def format_time(at: datetime | None, tz_name: str) -> str | None:
+    """Exotel's `YYYY-MM-DD HH:mm:ss+05:30` in the account's timezone."""
+    if at is None:
+        return None
+    local = at.astimezone(zone(tz_name))
+    offset = local.strftime("%z")
+    return local.strftime("%Y-%m-%d %H:%M:%S") + f"{offset[:3]}:{offset[3:]}"
+
+
+def legs_path(account_sid: str, call_sid: str) -> str:
+    return f"/v3/accounts/{account_sid}/calls/{call_sid}/legs"
+
+
+def call_details(
+    call: Call, tz_name: str, recording_url: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """The `call_details` object of the v3 API and of status callbacks."""
+    total_duration: int | None = None
+    if call.start_at is not None and call.end_at is not None:
+        total_duration = max(0, round((call.end_at - call.start_at).total_seconds()))
+    talk: int | None = None
+    if call.state is CallState.TERMINAL:
+        talk = round(call.talk_time_s or 0.0)
+    elif call.talk_time_s is not None:
+        talk = round(call.talk_time_s)
+    recordings: list[dict[str, str]] | None = None
+    if call.recordings:
+        render = recording_url or (lambda rid: rid)
+        recordings = [{"url": render(rid)} for rid in call.recordings]
+    return {
+        "sid": call.sid,
+        "direction": call.direction.value,
+        "virtual_number": call.virtual_number,
+        "state": call.state.value,
+        "status": call.status.value if call.status else None,
+        "legs": legs_path(call.account_sid, call.sid),
+        "created_time": format_time(call.created_at, tz_name),
+        "updated_time": format_time(call.updated_at, tz_name),
+        "start_time": format_time(call.start_at, tz_name),
+        "end_time": format_time(call.end_at, tz_name),
+        "total_duration": total_duration,
+        "total_talk_time": talk,
+        "custom_field": call.custom_field,
+        "app_id": call.app_id,
+        "app_name": call.app_name,
+        "digits": call.digits,
+        "recordings": recordings,
+    }
+
+
+def leg_view(leg: Leg, tz_name: str) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "sid": leg.sid,
+        "name": leg.name,
+        "contact_uri": leg.contact_uri,
+        "date_created": format_time(leg.created_at, tz_name),
+        "date_updated": format_time(leg.updated_at, tz_name),
+        "status": leg.status.value,
+    }
+    if leg.side is LegSide.TO:
+        view["group_id"] = leg.group_id
+        view["group_name"] = leg.group_name
+    return view
+
+
+def leg_details(
+    account_sid: str, call_sid: str, legs: Sequence[Leg], tz_name: str
+) -> dict[str, Any]:
+    ordered = sorted(legs, key=lambda leg: (leg.seq, leg.created_at))
+    return {
+        "call_sid": call_sid,
+        "account_sid": account_sid,
+        "from": [leg_view(leg, tz_name) for leg in ordered if leg.side is LegSide.FROM],
+        "to": [leg_view(leg, tz_name) for leg in ordered if leg.side is LegSide.TO],
+    }

@@ -1,0 +1,316 @@
+"""The call engine: routes driver events to per-call runners, owns their timers and persistence.
+
+Each active call is a `CallRunner` with its own message queue, so a call's events are
+handled strictly in order while calls run concurrently. Runners never touch the database
+directly: they hand a `Change` (call, legs, marks to free, callback events) to the engine,
+which commits it in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from callbridge.clock import Clock, Timer
+from callbridge.domain.calls import Call, Leg
+from callbridge.domain.options import CallbackEvent, CallOptions
+from callbridge.domain.views import call_details
+from callbridge.store import busy as busy_store
+from callbridge.store import calls as call_store
+from callbridge.store import outbox as outbox_store
+from callbridge.store import users as user_store
+from callbridge.store.repo import Store
+from callbridge.telephony.base import LegEvent, TelephonyDriver
+
+log = logging.getLogger(__name__)
+
+PERSIST_ATTEMPTS = 5
+
+
+class MediaSession(Protocol):
+    """Per-call media work (wait audio, playback, recording, streaming); never raises."""
+
+    async def from_leg_answered(self, from_leg_sid: str) -> None: ...
+
+    async def to_leg_ringing(self, to_leg_sid: str) -> None: ...
+
+    async def bridged(self, from_leg_sid: str, to_leg_sid: str) -> None: ...
+
+    async def dtmf(self, leg_sid: str, digits: str) -> None: ...
+
+    async def finish(self) -> list[Any]: ...
+
+
+MediaFactory = Callable[[Call, CallOptions], MediaSession | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    reason: str
+
+
+Message = LegEvent | TimerFired | Shutdown
+
+
+@dataclass(slots=True)
+class Change:
+    """One transaction's worth of a call's progress."""
+
+    call: Call
+    new_legs: list[Leg] = field(default_factory=list)
+    legs: list[Leg] = field(default_factory=list)
+    event: CallbackEvent | None = None
+    release_marks: bool = False
+
+
+class CallRunner:
+    """Base of outbound and inbound runners: a queue, timers and helpers to persist."""
+
+    def __init__(self, engine: CallEngine, call: Call, options: CallOptions, tz_name: str) -> None:
+        self.engine = engine
+        self.call = call
+        self.options = options
+        self.tz_name = tz_name
+        self.clock = engine.clock
+        self.driver = engine.driver
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._timers: dict[str, Timer] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.finished = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def launch(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"call-{self.call.sid}")
+
+    def post(self, message: Message) -> None:
+        self.engine._inflight_up()
+        self._queue.put_nowait(message)
+
+    async def _run(self) -> None:
+        try:
+            await self.begin()
+        except Exception:
+            log.exception("call start failed", extra={"call_sid": self.call.sid})
+            await self.abort("start failed")
+        finally:
+            self.engine._inflight_down()
+        while not self.finished:
+            message = await self._queue.get()
+            try:
+                await self.handle(message)
+            except Exception:
+                log.exception("call event failed", extra={"call_sid": self.call.sid})
+                await self.abort("internal error")
+            finally:
+                self.engine._inflight_down()
+        self.cancel_all_timers()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self.engine._inflight_down()
+        self.engine._forget(self)
+
+    async def begin(self) -> None:
+        raise NotImplementedError
+
+    async def handle(self, message: Message) -> None:
+        raise NotImplementedError
+
+    async def abort(self, reason: str) -> None:
+        """End the call at once after an internal failure; must not raise."""
+        raise NotImplementedError
+
+    # -- timers --------------------------------------------------------------------------
+
+    def start_timer(self, name: str, delay_s: float) -> None:
+        self.cancel_timer(name)
+        self._timers[name] = self.clock.call_later(delay_s, lambda: self.post(TimerFired(name)))
+
+    def cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def cancel_all_timers(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    # -- driver / persistence helpers -----------------------------------------------------
+
+    def own_leg(self, leg_sid: str) -> None:
+        self.engine._leg_owner[leg_sid] = self
+
+    def disown_leg(self, leg_sid: str) -> None:
+        self.engine._leg_owner.pop(leg_sid, None)
+
+    async def hangup_quietly(self, leg_sid: str) -> None:
+        self.disown_leg(leg_sid)
+        try:
+            await self.driver.hangup(leg_sid)
+        except Exception:
+            log.warning("hangup failed", extra={"call_sid": self.call.sid, "leg": leg_sid})
+
+    async def commit(self, change: Change) -> None:
+        self.call = change.call
+        await self.engine.commit(change, self.options, self.tz_name)
+
+
+class CallEngine:
+    """Runs every call this node owns."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        driver: TelephonyDriver,
+        clock: Clock,
+        node_id: str,
+        media_factory: MediaFactory | None = None,
+        save_recordings: Callable[[Call, list[Any]], Any] | None = None,
+        recording_url: Callable[[str, str], str] | None = None,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.driver = driver
+        self.clock = clock
+        self.node_id = node_id
+        self.media_factory = media_factory
+        self.save_recordings = save_recordings
+        self.recording_url = recording_url
+        self.on_committed = on_committed
+        self._runners: dict[str, CallRunner] = {}
+        self._leg_owner: dict[str, CallRunner] = {}
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._listeners: list[Callable[[Call], None]] = []
+
+    async def start(self) -> None:
+        await self.driver.start(self.on_leg_event)
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        """End every call this node runs (agents are freed), then stop the driver."""
+        for runner in list(self._runners.values()):
+            runner.post(Shutdown(reason))
+        await self.settle()
+        await self.driver.stop()
+
+    # -- runners ------------------------------------------------------------------------
+
+    def launch(self, runner: CallRunner) -> None:
+        self._runners[runner.call.sid] = runner
+        self._inflight_up()
+        runner.launch()
+
+    def _forget(self, runner: CallRunner) -> None:
+        self._runners.pop(runner.call.sid, None)
+        for leg_sid, owner in list(self._leg_owner.items()):
+            if owner is runner:
+                del self._leg_owner[leg_sid]
+
+    def runner(self, call_sid: str) -> CallRunner | None:
+        return self._runners.get(call_sid)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._runners)
+
+    def on_leg_event(self, event: LegEvent) -> None:
+        runner = self._leg_owner.get(event.leg_sid)
+        if runner is None:
+            log.debug("event for unknown leg", extra={"leg": event.leg_sid, "kind": event.kind})
+            return
+        runner.post(event)
+
+    def add_listener(self, listener: Callable[[Call], None]) -> None:
+        """Called with every committed call snapshot (dashboard, tests)."""
+        self._listeners.append(listener)
+
+    # -- settling (tests and graceful stop) ----------------------------------------------
+
+    def _inflight_up(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _inflight_down(self) -> None:
+        self._inflight -= 1
+        if self._inflight <= 0:
+            self._inflight = 0
+            self._idle.set()
+
+    async def settle(self) -> None:
+        """Wait until every queued message of every call has been handled."""
+        while self._inflight:
+            await self._idle.wait()
+            for _ in range(2):
+                await asyncio.sleep(0)
+
+    # -- persistence ---------------------------------------------------------------------
+
+    async def commit(self, change: Change, options: CallOptions, tz_name: str) -> None:
+        """Commit a call's change, its legs, freed marks and callback events atomically."""
+        for attempt in range(1, PERSIST_ATTEMPTS + 1):
+            try:
+                await self._commit_once(change, options, tz_name)
+                break
+            except Exception:
+                if attempt == PERSIST_ATTEMPTS:
+                    raise
+                log.warning(
+                    "commit failed; retrying",
+                    extra={"call_sid": change.call.sid, "attempt": attempt},
+                    exc_info=True,
+                )
+                await self.clock.sleep(0.05 * attempt)
+        if change.event is not None and self.on_committed is not None:
+            self.on_committed()
+        for listener in self._listeners:
+            listener(change.call)
+
+    async def _commit_once(self, change: Change, options: CallOptions, tz_name: str) -> None:
+        call = change.call
+        async with self.store.tx() as conn:
+            await call_store.update_call(conn, call)
+            for leg in change.new_legs:
+                await call_store.insert_leg(conn, leg)
+            for leg in change.legs:
+                await call_store.update_leg(conn, leg)
+            if change.release_marks:
+                freed = await busy_store.release_call_marks(conn, call.sid)
+                await user_store.apply_pending_availability(
+                    conn, call.account_sid, [uri for _, uri in freed], call.updated_at
+                )
+            if change.event is not None and options.status_callbacks:
+                await outbox_store.enqueue_events(
+                    conn,
+                    account_sid=call.account_sid,
+                    call_sid=call.sid,
+                    event_type=change.event,
+                    callbacks=options.status_callbacks,
+                    call_details=call_details(call, tz_name, self._recording_url_for(call)),
+                    now=call.updated_at,
+                )
+
+
+    def _recording_url_for(self, call: Call) -> Callable[[str], str] | None:
+        render = self.recording_url
+        if render is None:
+            return None
+        return lambda rid: render(call.account_sid, rid)
+
+
+def legs_by_sid(legs: Sequence[Leg]) -> dict[str, Leg]:
+    return {leg.sid: leg for leg in legs}
