@@ -13,7 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from callbridge.api import calls_routes, health, sim_routes
+from callbridge.api import (
+    calls_routes,
+    callbacks_routes,
+    exophones_routes,
+    health,
+    recordings_routes,
+    sim_routes,
+    users_routes,
+    v2_calls_routes,
+)
 from callbridge.api.auth import Authenticator, RateLimiter
 from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
@@ -116,6 +125,9 @@ def create_app(
             reconcile_interval_s=settings.reconcile_interval_s,
         )
         svc.extras["reconciler"] = reconciler
+        from callbridge.engine import inbound
+
+        inbound.install(svc)
         await reconciler.register()
         await engine.start()
         await reconciler.reconcile_once()
@@ -143,6 +155,11 @@ def create_app(
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(calls_routes.router)
+    app.include_router(callbacks_routes.router)
+    app.include_router(recordings_routes.router)
+    app.include_router(users_routes.router)
+    app.include_router(v2_calls_routes.router)
+    app.include_router(exophones_routes.router)
     if settings.driver == "sim":
         app.include_router(sim_routes.router)
 

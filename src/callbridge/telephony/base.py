@@ -97,6 +97,28 @@ class TelephonyDriver(Protocol):
         """Deliver what each listed party says to `consumer`, frame by frame, until stopped."""
 
 
+@dataclass(frozen=True, slots=True)
+class IncomingCall:
+    """A call arriving at one of our numbers; the driver already named its leg."""
+
+    leg_sid: str
+    from_uri: str
+    to_uri: str
+
+
+IncomingHandler = Callable[[IncomingCall], None]
+
+
+@runtime_checkable
+class InboundCapable(Protocol):
+    """A driver that can receive calls: it reports them to the handler, and the engine then
+    answers the leg (or ends it with `hangup`)."""
+
+    def set_incoming_handler(self, handler: IncomingHandler) -> None: ...
+
+    async def answer(self, leg_sid: str) -> None: ...
+
+
 class DriverError(Exception):
     """A driver could not do what the engine asked; the engine ends the leg as failed."""
 

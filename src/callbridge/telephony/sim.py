@@ -21,6 +21,8 @@ from callbridge.telephony.base import (
     DriverError,
     EventSink,
     Handle,
+    IncomingCall,
+    IncomingHandler,
     LegEvent,
     LegEventKind,
 )
@@ -107,6 +109,7 @@ class SimulatedCarrier:
         self._sink: EventSink | None = None
         self._behaviours: dict[str, Behaviour] = {}
         self._legs: dict[str, SimLeg] = {}
+        self._incoming: IncomingHandler | None = None
         self.timer_lateness_s: list[float] | None = None
         """When set to a list, every fired timer appends how late it ran (benchmarks)."""
 
@@ -155,6 +158,27 @@ class SimulatedCarrier:
                 continue
             touched += 1
         return touched
+
+    def place_incoming(self, leg_sid: str, from_uri: str, to_uri: str) -> None:
+        """A customer (`from_uri`) calls one of our numbers: report it to the engine.
+
+        The customer's behaviour applies once the engine answers: `hangup_after` counts
+        from the answer, `dtmf` is keyed after it; `manual` customers hang up on request."""
+        if self._incoming is None or self._sink is None:
+            raise DriverError("the simulated carrier takes no inbound calls now")
+        leg = SimLeg(leg_sid, from_uri, self.behaviour(from_uri))
+        self._legs[leg_sid] = leg
+        self._incoming(IncomingCall(leg_sid, from_uri, to_uri))
+
+    def set_incoming_handler(self, handler: IncomingHandler) -> None:
+        self._incoming = handler
+
+    async def answer(self, leg_sid: str) -> None:
+        """Answer an inbound leg; no ANSWERED event is reported for our own answer."""
+        leg = self._legs.get(leg_sid)
+        if leg is None or leg.phase is not LegPhase.RINGING:
+            raise DriverError("cannot answer a leg that is not ringing")
+        self._answer(leg, report=False)
 
     @property
     def active_legs(self) -> int:
@@ -230,13 +254,14 @@ class SimulatedCarrier:
 
         leg.timers.append(self._clock.call_later(delay_s, fire))
 
-    def _answer(self, leg: SimLeg) -> None:
+    def _answer(self, leg: SimLeg, *, report: bool = True) -> None:
         if leg.phase is not LegPhase.RINGING:
             return
         leg.phase = LegPhase.ANSWERED
         if self._media is not None:
             self._media.leg_up(leg.sid, leg.contact_uri)
-        self._emit(leg.sid, LegEventKind.ANSWERED)
+        if report:
+            self._emit(leg.sid, LegEventKind.ANSWERED)
         behaviour = leg.behaviour
         if behaviour.dtmf:
             digits = behaviour.dtmf
