@@ -1,0 +1,138 @@
+"""Fixtures for the SIP driver tests: SIPp processes killed by PID at teardown, a SipDriver per
+test on free 127.0.0.1 ports, and an event recorder with bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callbridge.settings import Settings
+from callbridge.telephony.base import LegEvent, LegEventKind
+from tests.sip.sipp import Sipp, free_port, sipp_path, start_sipp
+
+_MISSING = [
+    name
+    for name, present in (
+        ("sipp", sipp_path() is not None),
+        ("pjsua2", importlib.util.find_spec("pjsua2") is not None),
+    )
+    if not present
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _MISSING:
+        return
+    needs_sip = [item for item in items if item.get_closest_marker("sip") is not None]
+    if os.environ.get("CALLBRIDGE_REQUIRE_SIP") == "1":
+        for item in needs_sip:
+            item.add_marker(pytest.mark.usefixtures("_require_sip"))
+        return
+    skip = pytest.mark.skip(reason=f"missing {', '.join(_MISSING)} (apt sip-tester / .[sip])")
+    for item in needs_sip:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def _require_sip() -> None:
+    pytest.fail(f"CALLBRIDGE_REQUIRE_SIP=1 but {', '.join(_MISSING)} missing")
+
+
+class EventLog:
+    """Collects leg events; `wait` returns the first matching event or fails after a timeout."""
+
+    def __init__(self) -> None:
+        self.events: list[LegEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: LegEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def kinds(self, leg_sid: str) -> list[LegEventKind]:
+        return [e.kind for e in self.events if e.leg_sid == leg_sid]
+
+    async def wait(self, leg_sid: str, kind: LegEventKind, timeout_s: float = 10.0) -> LegEvent:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for event in self.events:
+                    if event.leg_sid == leg_sid and event.kind is kind:
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Frames:
+    """An AudioConsumer keeping each leg's frames."""
+
+    def __init__(self) -> None:
+        self.by_leg: dict[str, bytearray] = {}
+
+    def on_audio(self, leg_sid: str, frame: bytes) -> None:
+        self.by_leg.setdefault(leg_sid, bytearray()).extend(frame)
+
+    def last(self, leg_sid: str, seconds: float) -> bytes:
+        data = self.by_leg.get(leg_sid, bytearray())
+        return bytes(data[-int(16000 * seconds) :])
+
+    def clear(self) -> None:
+        self.by_leg.clear()
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EventLog()
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
+    started: list[Sipp] = []
+
+    def factory(scenario: str, **kwargs: Any) -> Sipp:
+        process = start_sipp(scenario, tmp_path / f"sipp{len(started)}", **kwargs)
+        started.append(process)
+        return process
+
+    yield factory
+    for process in started:
+        process.stop()
+
+
+def sip_settings(workers: int = 2, **overrides: Any) -> Settings:
+    rtp_min = free_port(20 * workers, step=2)
+    base = free_port(workers)
+    while rtp_min - workers - 2 <= base <= rtp_min + 40 * workers + 2:
+        base = free_port(workers)
+    values: dict[str, Any] = {
+        "sip_bind_host": "127.0.0.1",
+        "sip_port": base,
+        "sip_rtp_port_min": rtp_min,
+        "sip_rtp_port_max": rtp_min + 40 * workers - 1,
+        "sip_workers": workers,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def make_driver(events: EventLog) -> AsyncIterator[Callable[..., Any]]:
+    from callbridge.telephony.sip import SipDriver
+
+    drivers: list[SipDriver] = []
+
+    async def factory(workers: int = 2, **overrides: Any) -> SipDriver:
+        driver = SipDriver(sip_settings(workers, **overrides))
+        await driver.start(events)
+        drivers.append(driver)
+        return driver
+
+    yield factory
+    for driver in drivers:
+        await asyncio.wait_for(driver.stop(), 15)

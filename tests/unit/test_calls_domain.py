@@ -1,0 +1,107 @@
+"""Every leg-outcome combination gives exactly one terminal status; every leg transition is
+checked against the table."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from callbridge.domain.calls import (
+    LEG_TRANSITIONS,
+    CallStatus,
+    IllegalTransition,
+    LegOutcome,
+    LegStatus,
+    check_leg_transition,
+    derive_inbound_status,
+    derive_outbound_status,
+    leg_status_for_unanswered,
+)
+
+O = LegOutcome
+
+EXPECTED_OUTBOUND: dict[tuple[LegOutcome, LegOutcome | None], CallStatus] = {}
+for from_outcome, to_outcome in itertools.product(list(O), [None, *O]):
+    if from_outcome is O.FAILED:
+        expected = CallStatus.FROM_LEG_NO_DIAL
+    elif from_outcome is not O.ANSWERED:
+        expected = CallStatus.FROM_LEG_UNANSWERED
+    elif to_outcome is None or to_outcome is O.CANCELED:
+        expected = CallStatus.FROM_LEG_CANCELLED
+    elif to_outcome is O.ANSWERED:
+        expected = CallStatus.COMPLETED
+    elif to_outcome is O.FAILED:
+        expected = CallStatus.TO_LEG_NO_DIAL
+    else:
+        expected = CallStatus.TO_LEG_UNANSWERED
+    EXPECTED_OUTBOUND[(from_outcome, to_outcome)] = expected
+
+
+@pytest.mark.parametrize(("outcomes", "status"), list(EXPECTED_OUTBOUND.items()))
+def test_outbound_status_for_every_leg_outcome_pair(
+    outcomes: tuple[LegOutcome, LegOutcome | None], status: CallStatus
+) -> None:
+    assert derive_outbound_status(*outcomes) is status
+
+
+def test_outbound_table_covers_all_pairs() -> None:
+    assert len(EXPECTED_OUTBOUND) == len(O) * (len(O) + 1)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        (O.BUSY, CallStatus.FROM_LEG_UNANSWERED),
+        (O.NO_ANSWER, CallStatus.FROM_LEG_UNANSWERED),
+        (O.REJECTED, CallStatus.FROM_LEG_UNANSWERED),
+        (O.FAILED, CallStatus.FROM_LEG_NO_DIAL),
+    ],
+)
+def test_leg1_not_answering_never_dials_leg2(outcome: LegOutcome, status: CallStatus) -> None:
+    assert derive_outbound_status(outcome, None) is status
+
+
+@pytest.mark.parametrize(
+    ("agents", "customer_left", "status"),
+    [
+        ([], False, CallStatus.TO_LEG_NO_DIAL),
+        ([], True, CallStatus.FROM_LEG_CANCELLED),
+        ([O.FAILED, O.FAILED], False, CallStatus.TO_LEG_NO_DIAL),
+        ([O.NO_ANSWER], False, CallStatus.TO_LEG_UNANSWERED),
+        ([O.BUSY, O.FAILED], False, CallStatus.TO_LEG_UNANSWERED),
+        ([O.REJECTED, O.NO_ANSWER], True, CallStatus.FROM_LEG_CANCELLED),
+        ([O.NO_ANSWER, O.ANSWERED], False, CallStatus.COMPLETED),
+        ([O.ANSWERED, O.CANCELED], True, CallStatus.COMPLETED),
+    ],
+)
+def test_inbound_status(agents: list[LegOutcome], customer_left: bool, status: CallStatus) -> None:
+    assert derive_inbound_status(agents, customer_left) is status
+
+
+@pytest.mark.parametrize(("current", "new"), list(itertools.product(LegStatus, LegStatus)))
+def test_every_leg_transition_pair_follows_the_table(current: LegStatus, new: LegStatus) -> None:
+    if new in LEG_TRANSITIONS[current]:
+        assert check_leg_transition(current, new) is new
+    else:
+        with pytest.raises(IllegalTransition):
+            check_leg_transition(current, new)
+
+
+def test_final_statuses_have_no_way_out() -> None:
+    for status in LegStatus:
+        assert (LEG_TRANSITIONS[status] == frozenset()) is status.is_final
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        (O.BUSY, LegStatus.BUSY),
+        (O.REJECTED, LegStatus.BUSY),
+        (O.NO_ANSWER, LegStatus.NO_ANSWER),
+        (O.FAILED, LegStatus.FAILED),
+        (O.CANCELED, LegStatus.CANCELED),
+    ],
+)
+def test_unanswered_leg_final_status(outcome: LegOutcome, status: LegStatus) -> None:
+    assert leg_status_for_unanswered(outcome) is status
