@@ -1,4 +1,4 @@
-"""An in-process callbridge for tests: the real app, store and simulated carrier on a ManualClock."""
+"""An in-process callbridge for tests: the real app, store and sim carrier on a ManualClock."""
 
 from __future__ import annotations
 

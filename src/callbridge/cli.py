@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from callbridge.store.schema import upgrade_to_head
 
         upgrade_to_head(settings.resolved_database_url())
-        print("database is up to date")  # noqa: T201 - CLI output
+        print("database is up to date")
         return 0
     from callbridge import admin
 
@@ -97,7 +97,7 @@ def _serve(settings: Settings) -> int:
         try:
             load_config(settings.config)
         except ConfigError as exc:
-            print(f"callbridge: {exc}", file=sys.stderr)  # noqa: T201
+            print(f"callbridge: {exc}", file=sys.stderr)
             return 2
     app = create_app(settings)
     uvicorn.run(

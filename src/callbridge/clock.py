@@ -1,4 +1,6 @@
-"""Injected time: a Clock gives wall time, monotonic time and timers; tests advance a ManualClock."""
+"""Injected time: a Clock gives wall time, monotonic time and timers.
+
+Tests use a ManualClock and advance it."""
 
 from __future__ import annotations
 
@@ -106,9 +108,7 @@ class ManualClock:
                 timer.callback()
         return True
 
-    async def advance(
-        self, seconds: float, settle: Callable[[], object] | None = None
-    ) -> None:
+    async def advance(self, seconds: float, settle: Callable[[], object] | None = None) -> None:
         """Advance time by `seconds`, firing timers in order; after each batch, await `settle`."""
         target = self._now_s + seconds
         while True:

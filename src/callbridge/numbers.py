@@ -1,4 +1,4 @@
-"""Contact-URI normalisation: phone numbers to E.164 (phonenumbers), `sip:` URIs to a canonical form."""
+"""Contact-URI normalisation: phone numbers to E.164, `sip:` URIs to a canonical form."""
 
 from __future__ import annotations
 

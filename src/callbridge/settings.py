@@ -1,4 +1,4 @@
-"""One frozen Settings object, read from CLI flags, `CALLBRIDGE_*` environment variables and defaults."""
+"""One frozen Settings object, from CLI flags, `CALLBRIDGE_*` environment variables and defaults."""
 
 from __future__ import annotations
 

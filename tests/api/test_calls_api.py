@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
+from callbridge.api.idempotency import body_hash
 from callbridge.clock import ManualClock
 from callbridge.settings import Settings
 from callbridge.store.repo import Store
 
-from callbridge.api.idempotency import body_hash
-
 from ..conftest import basic
-from ..harness import ACCOUNT, AGENT, CUSTOMER, EXOPHONE, DEFAULT_CONFIG, running_app
+from ..harness import ACCOUNT, AGENT, CUSTOMER, DEFAULT_CONFIG, EXOPHONE, running_app
 
 URL = f"/v3/accounts/{ACCOUNT}/calls"
 
@@ -122,15 +121,31 @@ async def test_another_accounts_call_is_404(store: Store, clock: ManualClock) ->
         (body(max_time_limit="forever"), 400, 400, "max_time_limit"),
         (body(attempt_time_out=-1), 400, 400, "attempt_time_out"),
         (body(custom_field="x" * 129), 400, 400, "custom_field"),
-        (body(status_callback=[{"event": "ringing", "url": "http://127.0.0.1/"}]), 400, 400,
-         "status_callback.0.event"),
-        (body(status_callback=[{"event": "terminal", "url": "ftp://127.0.0.1/"}]), 400, 400,
-         "status_callback.0.url"),
-        (body(status_callback=[{"event": "terminal", "url": "http://u:p@127.0.0.1/"}]), 400, 400,
-         "status_callback.0.url"),
+        (
+            body(status_callback=[{"event": "ringing", "url": "http://127.0.0.1/"}]),
+            400,
+            400,
+            "status_callback.0.event",
+        ),
+        (
+            body(status_callback=[{"event": "terminal", "url": "ftp://127.0.0.1/"}]),
+            400,
+            400,
+            "status_callback.0.url",
+        ),
+        (
+            body(status_callback=[{"event": "terminal", "url": "http://u:p@127.0.0.1/"}]),
+            400,
+            400,
+            "status_callback.0.url",
+        ),
         (body(streaming={"url": "http://127.0.0.1/"}), 400, 400, "streaming.url"),
-        (body(playback=[{"to": "everyone", "value": "http://127.0.0.1/a.wav"}]), 400, 400,
-         "playback.0.to"),
+        (
+            body(playback=[{"to": "everyone", "value": "http://127.0.0.1/a.wav"}]),
+            400,
+            400,
+            "playback.0.to",
+        ),
         (body(wait_audio_url="file:///etc/passwd"), 400, 400, "wait_audio_url"),
     ],
 )
@@ -157,7 +172,7 @@ async def test_unknown_fields_are_ignored_and_string_booleans_accepted(
         assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[1,2]", b"{\"from\":"])
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1,2]", b'{"from":'])
 async def test_malformed_bodies_get_400(store: Store, clock: ManualClock, raw: bytes) -> None:
     async with running_app(store, clock) as h:
         r = await h.client.post(
@@ -170,7 +185,9 @@ async def test_voip_not_allowed_gives_405_10712(store: Store, clock: ManualClock
     config = DEFAULT_CONFIG.replace("allow_voip = true", "allow_voip = false")
     async with running_app(store, clock, config=config) as h:
         r = await h.client.post(
-            URL, json=body(**{"from": {"contact_uri": "sip:agent7@pbx.example.com"}}), headers=h.auth
+            URL,
+            json=body(**{"from": {"contact_uri": "sip:agent7@pbx.example.com"}}),
+            headers=h.auth,
         )
         assert error_of(r)[:2] == (405, 10712)
 
@@ -184,7 +201,9 @@ async def test_body_over_64_kib_gets_413(store: Store, clock: ManualClock) -> No
         assert error_of(r)[:2] == (413, 413)
 
 
-async def test_rate_limit_gives_429_10724_with_retry_after(store: Store, clock: ManualClock) -> None:
+async def test_rate_limit_gives_429_10724_with_retry_after(
+    store: Store, clock: ManualClock
+) -> None:
     config = DEFAULT_CONFIG.replace("rate_limit_per_minute = 0", "rate_limit_per_minute = 5")
     async with running_app(store, clock, config=config) as h:
         codes = []
@@ -240,9 +259,9 @@ async def test_concurrent_requests_for_one_agent_admit_exactly_one(
         )
         statuses = sorted(r.status_code for r in results)
         assert statuses == [200] + [409] * 39
-        assert {r.json()["response"]["error_data"]["code"] for r in results if r.status_code == 409} == {
-            10706
-        }
+        assert {
+            r.json()["response"]["error_data"]["code"] for r in results if r.status_code == 409
+        } == {10706}
 
 
 async def test_unknown_route_and_method_use_the_envelope(store: Store, clock: ManualClock) -> None:
@@ -272,7 +291,7 @@ async def test_internal_errors_are_500_1100_without_internals(
 
         monkeypatch.setattr("callbridge.store.calls.insert_call", explode)
         r = await h.client.post(URL, json=body(), headers=h.auth)
-        status, code, message = error_of(r)
+        status, code, _ = error_of(r)
         assert (status, code) == (500, 1100)
         assert "secret" not in r.text
         assert "Traceback" not in r.text

@@ -165,7 +165,9 @@ async def test_agent_hangs_up_mid_call_completes_and_frees_customer(
         assert h.sim.phone_state(CUSTOMER).value == "idle"
 
 
-async def test_manual_customer_answers_through_the_sim_api(store: Store, clock: ManualClock) -> None:
+async def test_manual_customer_answers_through_the_sim_api(
+    store: Store, clock: ManualClock
+) -> None:
     async with running_app(store, clock) as h:
         r = await h.client.put(
             f"/sim/v1/numbers/{CUSTOMER}", json={"outcome": "manual"}, headers=h.auth
@@ -182,7 +184,8 @@ async def test_manual_customer_answers_through_the_sim_api(store: Store, clock: 
         r = await h.client.get(f"/sim/v1/numbers/{CUSTOMER}", headers=h.auth)
         assert r.json()["state"] == "in-call"
         await h.client.post(
-            f"/sim/v1/numbers/{CUSTOMER}/actions", json={"action": "dtmf", "digits": "42"},
+            f"/sim/v1/numbers/{CUSTOMER}/actions",
+            json={"action": "dtmf", "digits": "42"},
             headers=h.auth,
         )
         await h.advance(10)
@@ -196,7 +199,9 @@ async def test_manual_customer_answers_through_the_sim_api(store: Store, clock: 
         assert details["total_talk_time"] == 10
 
 
-async def test_agent_is_busy_during_the_call_and_free_after(store: Store, clock: ManualClock) -> None:
+async def test_agent_is_busy_during_the_call_and_free_after(
+    store: Store, clock: ManualClock
+) -> None:
     async with running_app(store, clock) as h:
         h.phone(CUSTOMER, "answer", answer_after_s=1, hangup_after_s=10)
         first = await start(h)
@@ -227,7 +232,9 @@ async def test_unregistered_number_is_not_state_managed_unless_asked(
         assert r2.json()["response"]["error_data"]["code"] == 10706
 
 
-async def test_shutdown_ends_active_calls_and_frees_agents(store: Store, clock: ManualClock) -> None:
+async def test_shutdown_ends_active_calls_and_frees_agents(
+    store: Store, clock: ManualClock
+) -> None:
     async with running_app(store, clock) as h:
         h.phone(CUSTOMER, "manual")
         sid = await start(h)

@@ -19,19 +19,19 @@ from callbridge.domain.calls import (
     leg_status_for_unanswered,
 )
 
-O = LegOutcome
+O_ = LegOutcome
 
 EXPECTED_OUTBOUND: dict[tuple[LegOutcome, LegOutcome | None], CallStatus] = {}
-for from_outcome, to_outcome in itertools.product(list(O), [None, *O]):
-    if from_outcome is O.FAILED:
+for from_outcome, to_outcome in itertools.product(list(O_), [None, *O_]):
+    if from_outcome is O_.FAILED:
         expected = CallStatus.FROM_LEG_NO_DIAL
-    elif from_outcome is not O.ANSWERED:
+    elif from_outcome is not O_.ANSWERED:
         expected = CallStatus.FROM_LEG_UNANSWERED
-    elif to_outcome is None or to_outcome is O.CANCELED:
+    elif to_outcome is None or to_outcome is O_.CANCELED:
         expected = CallStatus.FROM_LEG_CANCELLED
-    elif to_outcome is O.ANSWERED:
+    elif to_outcome is O_.ANSWERED:
         expected = CallStatus.COMPLETED
-    elif to_outcome is O.FAILED:
+    elif to_outcome is O_.FAILED:
         expected = CallStatus.TO_LEG_NO_DIAL
     else:
         expected = CallStatus.TO_LEG_UNANSWERED
@@ -46,16 +46,16 @@ def test_outbound_status_for_every_leg_outcome_pair(
 
 
 def test_outbound_table_covers_all_pairs() -> None:
-    assert len(EXPECTED_OUTBOUND) == len(O) * (len(O) + 1)
+    assert len(EXPECTED_OUTBOUND) == len(O_) * (len(O_) + 1)
 
 
 @pytest.mark.parametrize(
     ("outcome", "status"),
     [
-        (O.BUSY, CallStatus.FROM_LEG_UNANSWERED),
-        (O.NO_ANSWER, CallStatus.FROM_LEG_UNANSWERED),
-        (O.REJECTED, CallStatus.FROM_LEG_UNANSWERED),
-        (O.FAILED, CallStatus.FROM_LEG_NO_DIAL),
+        (O_.BUSY, CallStatus.FROM_LEG_UNANSWERED),
+        (O_.NO_ANSWER, CallStatus.FROM_LEG_UNANSWERED),
+        (O_.REJECTED, CallStatus.FROM_LEG_UNANSWERED),
+        (O_.FAILED, CallStatus.FROM_LEG_NO_DIAL),
     ],
 )
 def test_leg1_not_answering_never_dials_leg2(outcome: LegOutcome, status: CallStatus) -> None:
@@ -67,12 +67,12 @@ def test_leg1_not_answering_never_dials_leg2(outcome: LegOutcome, status: CallSt
     [
         ([], False, CallStatus.TO_LEG_NO_DIAL),
         ([], True, CallStatus.FROM_LEG_CANCELLED),
-        ([O.FAILED, O.FAILED], False, CallStatus.TO_LEG_NO_DIAL),
-        ([O.NO_ANSWER], False, CallStatus.TO_LEG_UNANSWERED),
-        ([O.BUSY, O.FAILED], False, CallStatus.TO_LEG_UNANSWERED),
-        ([O.REJECTED, O.NO_ANSWER], True, CallStatus.FROM_LEG_CANCELLED),
-        ([O.NO_ANSWER, O.ANSWERED], False, CallStatus.COMPLETED),
-        ([O.ANSWERED, O.CANCELED], True, CallStatus.COMPLETED),
+        ([O_.FAILED, O_.FAILED], False, CallStatus.TO_LEG_NO_DIAL),
+        ([O_.NO_ANSWER], False, CallStatus.TO_LEG_UNANSWERED),
+        ([O_.BUSY, O_.FAILED], False, CallStatus.TO_LEG_UNANSWERED),
+        ([O_.REJECTED, O_.NO_ANSWER], True, CallStatus.FROM_LEG_CANCELLED),
+        ([O_.NO_ANSWER, O_.ANSWERED], False, CallStatus.COMPLETED),
+        ([O_.ANSWERED, O_.CANCELED], True, CallStatus.COMPLETED),
     ],
 )
 def test_inbound_status(agents: list[LegOutcome], customer_left: bool, status: CallStatus) -> None:
@@ -96,11 +96,11 @@ def test_final_statuses_have_no_way_out() -> None:
 @pytest.mark.parametrize(
     ("outcome", "status"),
     [
-        (O.BUSY, LegStatus.BUSY),
-        (O.REJECTED, LegStatus.BUSY),
-        (O.NO_ANSWER, LegStatus.NO_ANSWER),
-        (O.FAILED, LegStatus.FAILED),
-        (O.CANCELED, LegStatus.CANCELED),
+        (O_.BUSY, LegStatus.BUSY),
+        (O_.REJECTED, LegStatus.BUSY),
+        (O_.NO_ANSWER, LegStatus.NO_ANSWER),
+        (O_.FAILED, LegStatus.FAILED),
+        (O_.CANCELED, LegStatus.CANCELED),
     ],
 )
 def test_unanswered_leg_final_status(outcome: LegOutcome, status: LegStatus) -> None:

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api import (
-    calls_routes,
     callbacks_routes,
+    calls_routes,
     exophones_routes,
     health,
     recordings_routes,
@@ -52,7 +52,7 @@ def build_driver(settings: Settings, clock: Clock) -> TelephonyDriver:
     if settings.driver == "sip":
         from callbridge.telephony.sip import SipDriver
 
-        return SipDriver(settings)  # type: ignore[no-any-return]
+        return SipDriver(settings)
     return SimulatedCarrier(clock, media=_sim_media(clock))
 
 
@@ -84,7 +84,9 @@ def create_app(
         if settings.config is not None:
             await apply_config(
                 the_store,
-                load_config(settings.config, default_rate_limit=settings.default_rate_limit_per_minute),
+                load_config(
+                    settings.config, default_rate_limit=settings.default_rate_limit_per_minute
+                ),
                 the_clock,
             )
         the_driver = driver or build_driver(settings, the_clock)
@@ -184,6 +186,8 @@ def create_app(
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        return failure(request_id(request), request.method, ValidationFailed(f"{loc}: {first['msg']}"))
+        return failure(
+            request_id(request), request.method, ValidationFailed(f"{loc}: {first['msg']}")
+        )
 
     return app

@@ -1,4 +1,4 @@
-"""The v3 calls API: click-to-call, call details and legs (SPEC §2.2–§2.5)."""
+"""The v3 calls API: click-to-call, call details and legs (SPEC §2.2 to §2.5)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ async def create_call(request: Request, account_sid: str) -> Response:
     except BaseException:
         await svc.idempotency.finish(account.sid, key, 500, "")
         raise
-    await svc.idempotency.finish(account.sid, key, response.status_code, bytes(response.body).decode())
+    await svc.idempotency.finish(
+        account.sid, key, response.status_code, bytes(response.body).decode()
+    )
     return response
 
 

@@ -126,7 +126,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(f"request body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        raise ValidationFailed(
+            f"request body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from exc
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
     return data
@@ -142,11 +144,11 @@ def describe_validation_error(exc: ValidationError) -> str:
 def parse_create_call(body: bytes) -> CreateCallIn:
     data = parse_json_object(body)
     recording = data.get("recording")
-    if isinstance(recording, dict) and "channels" in recording:
-        if recording["channels"] not in ("single", "dual"):
-            raise InvalidRecordingChannels(
-                f"recording.channels must be single or dual, not {str(recording['channels'])[:32]!r}"
-            )
+    channels = recording.get("channels", "single") if isinstance(recording, dict) else "single"
+    if channels not in ("single", "dual"):
+        raise InvalidRecordingChannels(
+            f"recording.channels must be single or dual, not {str(channels)[:32]!r}"
+        )
     try:
         return CreateCallIn.model_validate(data)
     except ValidationError as exc:

@@ -123,9 +123,7 @@ def leg_status_for_unanswered(outcome: LegOutcome) -> LegStatus:
     }[outcome]
 
 
-def derive_outbound_status(
-    from_outcome: LegOutcome, to_outcome: LegOutcome | None
-) -> CallStatus:
+def derive_outbound_status(from_outcome: LegOutcome, to_outcome: LegOutcome | None) -> CallStatus:
     """The terminal status of a click-to-call from how its two legs ended.
 
     `to_outcome` is None when leg 2 was never dialled."""

@@ -304,7 +304,6 @@ class CallEngine:
                     now=call.updated_at,
                 )
 
-
     def _recording_url_for(self, call: Call) -> Callable[[str], str] | None:
         render = self.recording_url
         if render is None:

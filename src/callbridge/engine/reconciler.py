@@ -9,6 +9,7 @@ frees their busy marks and queues their terminal callbacks, all in one transacti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -40,9 +41,7 @@ from callbridge.store.repo import Store
 log = logging.getLogger(__name__)
 
 
-def orphan_final_state(
-    call: Call, legs: list[Leg], ended_at: datetime
-) -> tuple[Call, list[Leg]]:
+def orphan_final_state(call: Call, legs: list[Leg], ended_at: datetime) -> tuple[Call, list[Leg]]:
     """The terminal call and legs for a call whose owner died (pure)."""
     final_legs: list[Leg] = []
     outcomes: dict[str, LegOutcome] = {}
@@ -139,10 +138,8 @@ class Reconciler:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._tasks = []
         async with self.store.tx() as conn:
             await node_store.remove_node(conn, self.node_id)

@@ -60,7 +60,9 @@ async def release_call_marks(conn: AsyncConnection, call_sid: str) -> list[tuple
     return [(r[0], r[1]) for r in rows]
 
 
-async def release_mark(conn: AsyncConnection, account_sid: str, contact_uri: str, call_sid: str) -> None:
+async def release_mark(
+    conn: AsyncConnection, account_sid: str, contact_uri: str, call_sid: str
+) -> None:
     await conn.execute(
         delete(busy_marks).where(
             busy_marks.c.account_sid == account_sid,

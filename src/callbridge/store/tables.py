@@ -197,7 +197,9 @@ heartbeat is older than the lease TTL is dead, and survivors end its calls."""
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("event_sid", String(32), nullable=False, unique=True),
     Column("account_sid", String(64), nullable=False),
     Column("call_sid", String(32), nullable=False),
@@ -222,7 +224,9 @@ outbox = Table(
 callback_attempts = Table(
     "callback_attempts",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("outbox_id", BigInteger, ForeignKey("outbox.id"), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("started_at", TZ, nullable=False),

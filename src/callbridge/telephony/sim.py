@@ -147,9 +147,7 @@ class SimulatedCarrier:
                 self._end(leg, LegEventKind.REJECTED)
             elif action == "hangup":
                 kind = (
-                    LegEventKind.HANGUP
-                    if leg.phase is LegPhase.ANSWERED
-                    else LegEventKind.REJECTED
+                    LegEventKind.HANGUP if leg.phase is LegPhase.ANSWERED else LegEventKind.REJECTED
                 )
                 self._end(leg, kind)
             elif action == "dtmf" and leg.phase is LegPhase.ANSWERED and digits:
@@ -267,7 +265,9 @@ class SimulatedCarrier:
             digits = behaviour.dtmf
             self._later(leg, DTMF_DELAY_S, lambda: self._dtmf(leg, digits))
         if behaviour.hangup_after_s is not None:
-            self._later(leg, max(0.0, behaviour.hangup_after_s), lambda: self._end(leg, LegEventKind.HANGUP))
+            self._later(
+                leg, max(0.0, behaviour.hangup_after_s), lambda: self._end(leg, LegEventKind.HANGUP)
+            )
 
     def _dtmf(self, leg: SimLeg, digits: str) -> None:
         if leg.phase is LegPhase.ANSWERED:
