@@ -289,7 +289,7 @@ async def test_internal_errors_are_500_1100_without_internals(
         async def explode(*_: Any, **__: Any) -> None:
             raise RuntimeError("secret internals t_live_1")
 
-        monkeypatch.setattr("callbridge.store.calls.insert_call", explode)
+        monkeypatch.setitem(h.services.engine.writer._kinds, "admit", explode)
         r = await h.client.post(URL, json=body(), headers=h.auth)
         status, code, _ = error_of(r)
         assert (status, code) == (500, 1100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -45,6 +46,7 @@ class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: dict[str, _CacheEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def forget(self, api_key: str | None = None) -> None:
         if api_key is None:
@@ -64,11 +66,24 @@ class Authenticator:
             if hmac.compare_digest(entry.token_digest, digest):
                 return entry.account
             raise AuthenticationFailed()
-        async with self._store.read() as conn:
-            account = await account_store.get_account_by_key(conn, api_key)
-        if account is None or not account_store.verify_token(token, account.api_token_hash):
-            raise AuthenticationFailed()
-        self._cache[api_key] = _CacheEntry(account, digest, now + CACHE_TTL_S)
+        # One slow verification per key at a time, off the event loop; concurrent requests
+        # with the same key wait for it and then hit the cache.
+        lock = self._locks.setdefault(api_key, asyncio.Lock())
+        async with lock:
+            entry = self._cache.get(api_key)
+            if entry is not None and entry.expires_at > time.monotonic():
+                if hmac.compare_digest(entry.token_digest, digest):
+                    return entry.account
+                raise AuthenticationFailed()
+            async with self._store.read() as conn:
+                account = await account_store.get_account_by_key(conn, api_key)
+            if account is None or not await asyncio.to_thread(
+                account_store.verify_token, token, account.api_token_hash
+            ):
+                raise AuthenticationFailed()
+            self._cache[api_key] = _CacheEntry(account, digest, time.monotonic() + CACHE_TTL_S)
+        if len(self._locks) > 10_000:
+            self._locks.clear()
         return account
 
     async def account_for_path(self, header: str | None, sid: str) -> Account:

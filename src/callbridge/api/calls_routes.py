@@ -93,8 +93,10 @@ async def _create_call(request: Request, account: Account, body: bytes) -> Envel
 async def get_call(request: Request, account_sid: str, call_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    async with svc.store.read() as conn:
-        call = await call_store.get_call(conn, account.sid, call_sid)
+    call = svc.engine.snapshot(account.sid, call_sid)
+    if call is None:
+        async with svc.store.read() as conn:
+            call = await call_store.get_call(conn, account.sid, call_sid)
     if call is None:
         raise CallNotFound(f"call {call_sid[:64]} not found")
     details = call_details(call, account.timezone, lambda rid: svc.recording_url(rid, account.sid))

@@ -7,18 +7,14 @@ from datetime import datetime
 
 from callbridge.domain.calls import Call, CallState, Direction, Leg, LegSide, LegStatus
 from callbridge.domain.options import CallOptions
-from callbridge.domain.presence import DeviceSnapshot, device_refusal
-from callbridge.errors import DeviceBusy, VirtualNumberNotFound, VoipNotAllowed
+from callbridge.errors import VoipNotAllowed
 from callbridge.ids import new_sid
 from callbridge.numbers import ContactUri
-from callbridge.store import accounts as account_store
-from callbridge.store import busy as busy_store
-from callbridge.store import calls as call_store
-from callbridge.store import users as user_store
 from callbridge.store.accounts import Account
 
 from .core import CallEngine
 from .outbound import OutboundRunner
+from .writes import ADMIT, Admission, Admitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,55 +53,22 @@ async def admit_click_to_call(
         start_at=now,
         custom_field=request.custom_field,
     )
-    options = request.options
-    try:
-        async with engine.store.tx() as conn:
-            if await account_store.find_exophone(conn, account.sid, request.virtual_number) is None:
-                raise VirtualNumberNotFound(
-                    f"virtual_number {request.virtual_number} is not an ExoPhone of this account"
-                )
-            found = await user_store.device_by_contact(conn, account.sid, request.from_uri.uri)
-            leg_name: str | None = None
-            if found is not None:
-                device, user = found
-                leg_name = user.name
-                refusal = device_refusal(
-                    DeviceSnapshot(
-                        available=device.available,
-                        verified=device.verified,
-                        reachable=reachable,
-                        busy=False,
-                    )
-                )
-                if refusal is not None:
-                    raise refusal
-                if not options.state_management:
-                    from dataclasses import replace
-
-                    options = replace(options, state_management=True)
-            if options.state_management:
-                await busy_store.mark_busy(
-                    conn,
-                    account_sid=account.sid,
-                    contact_uri=request.from_uri.uri,
-                    call_sid=call.sid,
-                    owner_node=engine.node_id,
-                    now=now,
-                )
-            await call_store.insert_call(conn, call, options, engine.node_id)
-            from_leg = Leg(
-                sid=new_sid(),
-                call_sid=call.sid,
-                side=LegSide.FROM,
-                seq=1,
-                contact_uri=request.from_uri.uri,
-                name=leg_name,
-                status=LegStatus.QUEUED,
-                created_at=now,
-                updated_at=now,
-            )
-            await call_store.insert_leg(conn, from_leg)
-    except busy_store.AlreadyBusy as exc:
-        raise DeviceBusy(f"{request.from_uri.uri} is on another call") from exc
-    engine.launch(OutboundRunner(engine, call, options, account.timezone, from_leg))
-    return call
+    from_leg = Leg(
+        sid=new_sid(),
+        call_sid=call.sid,
+        side=LegSide.FROM,
+        seq=1,
+        contact_uri=request.from_uri.uri,
+        name=None,
+        status=LegStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+    )
+    admitted: Admitted = await engine.writer.submit(
+        ADMIT, Admission(call, from_leg, request.options, engine.node_id, reachable)
+    )
+    engine.remember(admitted.call)
+    engine.launch(
+        OutboundRunner(engine, admitted.call, admitted.options, account.timezone, admitted.from_leg)
+    )
+    return admitted.call

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from callbridge.clock import Clock, Timer
-from callbridge.domain.calls import Call, Leg
-from callbridge.domain.options import CallbackEvent, CallOptions
-from callbridge.domain.views import call_details
-from callbridge.store import busy as busy_store
-from callbridge.store import calls as call_store
-from callbridge.store import outbox as outbox_store
-from callbridge.store import users as user_store
+from callbridge.domain.calls import Call, CallState, Leg
+from callbridge.domain.options import CallOptions
 from callbridge.store.repo import Store
+from callbridge.store.writer import BatchWriter
 from callbridge.telephony.base import LegEvent, TelephonyDriver
+
+from .writes import ADMIT, CHANGE, Change, admit_batch, apply_changes
+
+__all__ = ["CallEngine", "CallRunner", "Change", "Message", "Shutdown", "TimerFired"]
+
+RECENT_CALLS = 20_000
+"""Terminal call snapshots kept in memory for fast GETs (terminal calls never change)."""
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +63,6 @@ class Shutdown:
 
 
 Message = LegEvent | TimerFired | Shutdown
-
-
-@dataclass(slots=True)
-class Change:
-    """One transaction's worth of a call's progress."""
-
-    call: Call
-    new_legs: list[Leg] = field(default_factory=list)
-    legs: list[Leg] = field(default_factory=list)
-    event: CallbackEvent | None = None
-    release_marks: bool = False
 
 
 class CallRunner:
@@ -197,8 +190,13 @@ class CallEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[Callable[[Call], None]] = []
+        self._recent: OrderedDict[str, Call] = OrderedDict()
+        self.writer = BatchWriter(store)
+        self.writer.register(ADMIT, admit_batch)
+        self.writer.register(CHANGE, apply_changes)
 
     async def start(self) -> None:
+        self.writer.start()
         await self.driver.start(self.on_leg_event)
 
     async def stop(self, reason: str = "shutdown") -> None:
@@ -207,6 +205,7 @@ class CallEngine:
             runner.post(Shutdown(reason))
         await self.settle()
         await self.driver.stop()
+        await self.writer.stop()
 
     # -- runners ------------------------------------------------------------------------
 
@@ -223,6 +222,21 @@ class CallEngine:
 
     def runner(self, call_sid: str) -> CallRunner | None:
         return self._runners.get(call_sid)
+
+    def snapshot(self, account_sid: str, call_sid: str) -> Call | None:
+        """The last committed state of a call this node runs or recently ended, if known."""
+        call = self._recent.get(call_sid)
+        if call is None or call.account_sid != account_sid:
+            return None
+        return call
+
+    def remember(self, call: Call) -> None:
+        self._recent[call.sid] = call
+        self._recent.move_to_end(call.sid)
+        if len(self._recent) > RECENT_CALLS + len(self._runners):
+            for sid in list(self._recent)[:1000]:
+                if self._recent[sid].state is CallState.TERMINAL:
+                    del self._recent[sid]
 
     @property
     def active_calls(self) -> int:
@@ -262,9 +276,12 @@ class CallEngine:
 
     async def commit(self, change: Change, options: CallOptions, tz_name: str) -> None:
         """Commit a call's change, its legs, freed marks and callback events atomically."""
+        change.options = options
+        change.tz_name = tz_name
+        change.recording_url = self._recording_url_for(change.call)
         for attempt in range(1, PERSIST_ATTEMPTS + 1):
             try:
-                await self._commit_once(change, options, tz_name)
+                await self.writer.submit(CHANGE, change)
                 break
             except Exception:
                 if attempt == PERSIST_ATTEMPTS:
@@ -275,34 +292,11 @@ class CallEngine:
                     exc_info=True,
                 )
                 await self.clock.sleep(0.05 * attempt)
+        self.remember(change.call)
         if change.event is not None and self.on_committed is not None:
             self.on_committed()
         for listener in self._listeners:
             listener(change.call)
-
-    async def _commit_once(self, change: Change, options: CallOptions, tz_name: str) -> None:
-        call = change.call
-        async with self.store.tx() as conn:
-            await call_store.update_call(conn, call)
-            for leg in change.new_legs:
-                await call_store.insert_leg(conn, leg)
-            for leg in change.legs:
-                await call_store.update_leg(conn, leg)
-            if change.release_marks:
-                freed = await busy_store.release_call_marks(conn, call.sid)
-                await user_store.apply_pending_availability(
-                    conn, call.account_sid, [uri for _, uri in freed], call.updated_at
-                )
-            if change.event is not None and options.status_callbacks:
-                await outbox_store.enqueue_events(
-                    conn,
-                    account_sid=call.account_sid,
-                    call_sid=call.sid,
-                    event_type=change.event,
-                    callbacks=options.status_callbacks,
-                    call_details=call_details(call, tz_name, self._recording_url_for(call)),
-                    now=call.updated_at,
-                )
 
     def _recording_url_for(self, call: Call) -> Callable[[str], str] | None:
         render = self.recording_url
