@@ -1,4 +1,4 @@
-"""Test helpers for media: MP3 decoding, tone generation, a WAV HTTP server and a plane-backed driver."""
+"""Media test helpers: MP3 decoding, tones, a WAV HTTP server, a bot and a plane-backed driver."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def decode_mp3(data: bytes) -> tuple[int, int, float, list[bytes]]:
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Wait (real time) for network I/O to make `predicate` true."""
     async with asyncio.timeout(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 (polling real sockets, no event to wait on)
             await asyncio.sleep(0.005)
 
 
@@ -72,11 +72,13 @@ async def advance(clock: object, seconds: float, *, step_s: float = 0.02, io: bo
 
 
 @contextmanager
-def http_server(routes: dict[str, tuple[int, bytes] | Callable[[BaseHTTPRequestHandler], None]]) -> Iterator[str]:
+def http_server(
+    routes: dict[str, tuple[int, bytes] | Callable[[BaseHTTPRequestHandler], None]],
+) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 in a thread; yields its base URL."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             route = routes.get(self.path)
             if route is None:
                 self.send_error(404)

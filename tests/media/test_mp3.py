@@ -32,7 +32,9 @@ def test_mono_encodes_at_the_profile_rate_and_length(
     assert encoder.speed_x > 20
 
 
-@pytest.mark.parametrize(("fmt", "kbps"), [(RecordingFormat.MP3, 64), (RecordingFormat.MP3_HQ, 128)])
+@pytest.mark.parametrize(
+    ("fmt", "kbps"), [(RecordingFormat.MP3, 64), (RecordingFormat.MP3_HQ, 128)]
+)
 def test_stereo_keeps_one_signal_per_channel(fmt: RecordingFormat, kbps: int) -> None:
     encoder = Mp3Encoder(2, fmt)
     mp3 = _encode(encoder, interleave(tone(500, 3.0), tone(1300, 3.0)))

@@ -56,9 +56,10 @@ async def test_single_recording_mixes_both_parties(clock: ManualClock) -> None:
     assert (duration_s, channels) == (4.0, 1)
     assert abs(decoded_s - 4.0) < 0.5
     body = mono[8000:40000]
-    assert abs(dominant_frequency(body) - F_AGENT) < 3 or abs(
-        dominant_frequency(body) - F_CUSTOMER
-    ) < 3
+    assert (
+        abs(dominant_frequency(body) - F_AGENT) < 3
+        or abs(dominant_frequency(body) - F_CUSTOMER) < 3
+    )
     assert power_at(body, F_AGENT) > 20 * power_at(body, 2700)
     assert power_at(body, F_CUSTOMER) > 20 * power_at(body, 2700)
 

@@ -15,9 +15,7 @@ from tests.media.support import Bot, FrameLog, advance, power_at, tone, wait_for
 AGENT = "+919900000001"
 
 
-def _session(
-    clock: ManualClock, plane: SimMediaPlane, url: str, **kw: object
-) -> StreamSession:
+def _session(clock: ManualClock, plane: SimMediaPlane, url: str, **kw: object) -> StreamSession:
     async def play(pcm: bytes) -> Handle:
         return await plane.play("L1", pcm, loop=False)
 
@@ -106,8 +104,11 @@ async def test_sample_rate_16000_resamples_both_ways(clock: ManualClock) -> None
         await plane.tap(["L1"], session)
         await wait_for(lambda: len(bot.messages) >= 2)
         await bot.send(
-            {"event": "media", "streamSid": session.stream_sid,
-             "media": {"payload": base64.b64encode(tone(1900, 0.5, rate=16000)).decode()}}
+            {
+                "event": "media",
+                "streamSid": session.stream_sid,
+                "media": {"payload": base64.b64encode(tone(1900, 0.5, rate=16000)).decode()},
+            }
         )
         await wait_for(lambda: session.stats.media_received == 1)
         await advance(clock, 1.0, io=True)
@@ -115,7 +116,9 @@ async def test_sample_rate_16000_resamples_both_ways(clock: ManualClock) -> None
         await wait_for(lambda: bool(bot.events("stop")))
     assert bot.messages[1]["start"]["media_format"]["sample_rate"] == "16000"
     assert bot.events("stop")[0]["stop"]["reason"] == "stopped"
-    assert {len(base64.b64decode(str(m["media"]["payload"]))) for m in bot.events("media")} == {3200}
+    assert {len(base64.b64decode(str(m["media"]["payload"]))) for m in bot.events("media")} == {
+        3200
+    }
     sent = _audio(bot, 16000)
     assert abs(dominant_frequency(sent[-4800:]) - voice_frequency(AGENT)) < 3
     # The sim's tap on L1 carries what is played to L1, so the bot's reply is in the stream too.

@@ -86,11 +86,15 @@ async def test_fetch_wav_downloads_and_converts() -> None:
     routes = {"/a.wav": (200, wav), "/gone.wav": (404, b""), "/junk": (200, b"<html>")}
     with http_server(routes) as base:  # type: ignore[arg-type]
         async with httpx.AsyncClient() as client:
-            pcm = await fetch_wav(f"{base}/a.wav", client=client, max_bytes=1 << 20, guard=allow_all)
+            pcm = await fetch_wav(
+                f"{base}/a.wav", client=client, max_bytes=1 << 20, guard=allow_all
+            )
             assert abs(len(pcm) // 2 - 8000) <= 10
             assert abs(dominant_frequency(pcm) - 800) < 3
             with pytest.raises(InvalidAudio, match="HTTP 404"):
-                await fetch_wav(f"{base}/gone.wav", client=client, max_bytes=1 << 20, guard=allow_all)
+                await fetch_wav(
+                    f"{base}/gone.wav", client=client, max_bytes=1 << 20, guard=allow_all
+                )
             with pytest.raises(InvalidAudio, match="not a RIFF"):
                 await fetch_wav(f"{base}/junk", client=client, max_bytes=1 << 20, guard=allow_all)
 
@@ -101,7 +105,9 @@ async def test_fetch_wav_stops_at_max_bytes_declared_or_streamed() -> None:
         async with httpx.AsyncClient() as client:
             for path in ("/big.wav", "/endless"):
                 with pytest.raises(InvalidAudio, match="larger than 50000 bytes"):
-                    await fetch_wav(f"{base}{path}", client=client, max_bytes=50_000, guard=allow_all)
+                    await fetch_wav(
+                        f"{base}{path}", client=client, max_bytes=50_000, guard=allow_all
+                    )
 
 
 async def test_fetch_wav_asks_the_guard_first_and_never_connects_when_refused() -> None:

@@ -68,6 +68,15 @@ class EventLog:
                 await self._changed.wait()
 
 
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll a condition owned by another process (a worker, SIPp) with a bounded wait."""
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("condition not met in time")
+
+
 class Frames:
     """An AudioConsumer keeping each leg's frames."""
 

@@ -88,6 +88,19 @@ def dominant_hz(pcm: bytes, candidates: Sequence[float]) -> float:
     return best
 
 
+def copy_dtmf_pcap(dest: Path, payload_type: int = 120) -> None:
+    """SIPp's RFC 2833 capture uses payload type 101; pjsua offers telephone-event as 120, and
+    an answerer mirrors the offer, so rewrite the RTP payload type of every packet."""
+    data = bytearray(DTMF_PCAP.read_bytes())
+    offset = 24  # pcap global header
+    while offset + 16 <= len(data):
+        length = int.from_bytes(data[offset + 8 : offset + 12], "little")
+        rtp = offset + 16 + 14 + 20 + 8  # Ethernet, IPv4, UDP
+        data[rtp + 1] = (data[rtp + 1] & 0x80) | payload_type
+        offset += 16 + length
+    dest.write_bytes(bytes(data))
+
+
 def rms(pcm: bytes) -> float:
     count = len(pcm) // 2
     if not count:
@@ -143,7 +156,7 @@ def start_sipp(
     if tone_hz is not None:
         write_tone(workdir / "tone.ulaw", tone_hz)
     if DTMF_PCAP.exists():
-        shutil.copy(DTMF_PCAP, workdir / "dtmf.pcap")
+        copy_dtmf_pcap(workdir / "dtmf.pcap")
     base = free_port(4, step=2)
     port, media_port, control_port = base, base + 2, base + 6
     args = [
