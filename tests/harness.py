@@ -15,6 +15,7 @@ from callbridge.config import apply_config, parse_config
 from callbridge.settings import Settings
 from callbridge.store.repo import Store
 from callbridge.telephony.sim import Behaviour, Outcome, SimulatedCarrier
+from callbridge.telephony.sim_media import SimMediaPlane
 
 from .conftest import basic
 
@@ -132,7 +133,7 @@ async def running_app(
 ) -> AsyncIterator[Harness]:
     settings = settings or Settings(allow_private_urls=True, log_level="WARNING")
     await apply_config(store, parse_config(config), clock)
-    driver = SimulatedCarrier(clock)
+    driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
     app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     recording_link_ttl_s: int = Field(default=3600, ge=1)
     media_max_download_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     signing_key: SecretStr | None = None
+    """Key for signed recording links; random per process when unset (links then die with it)."""
+    recordings_s3_endpoint: str | None = None
+    """S3-compatible endpoint (e.g. https://s3.ap-south-1.amazonaws.com); unset = local files."""
+    recordings_s3_bucket: str | None = None
+    recordings_s3_region: str = "us-east-1"
+    recordings_s3_access_key: str | None = None
+    recordings_s3_secret_key: SecretStr | None = None
 
     # SIP driver.
     sip_bind_host: str = "127.0.0.1"

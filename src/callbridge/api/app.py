@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +31,10 @@ from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import apply_config, load_config
+from callbridge.domain.calls import Call, Direction
+from callbridge.domain.options import CallOptions
 from callbridge.engine.core import CallEngine
+from callbridge.engine.media import CallMediaSession, MediaServices
 from callbridge.engine.reconciler import Reconciler, new_node_id
 from callbridge.errors import (
     CallbridgeError,
@@ -43,7 +47,8 @@ from callbridge.store.repo import Store
 from callbridge.store.schema import ensure_schema
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
-from callbridge.webhooks.ssrf import UrlGuard
+from callbridge.media.service import RecordingService, build_storage
+from callbridge.webhooks.ssrf import PinnedTransport, UrlGuard
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,16 @@ def _sim_media(clock: Clock) -> Any:
     except ImportError:
         return None
     return SimMediaPlane(clock)
+
+
+def needs_media(options: CallOptions) -> bool:
+    """Plain calls skip the media session entirely."""
+    return bool(
+        options.recording.record
+        or options.wait_audio_url
+        or options.playback
+        or options.streaming is not None
+    )
 
 
 def create_app(
@@ -96,12 +111,47 @@ def create_app(
         def recording_url(account_sid: str, rid: str) -> str:
             return svc_holder["svc"].recording_url(rid, account_sid)
 
+        guard = UrlGuard(settings.allow_private_urls)
+        media_http = httpx.AsyncClient(
+            transport=PinnedTransport(guard),
+            follow_redirects=False,
+            timeout=httpx.Timeout(10.0),
+        )
+        recordings = RecordingService(
+            store=the_store,
+            storage=build_storage(settings, media_http),
+            clock=the_clock,
+            signing_key=RecordingService.key_from(settings),
+            link_ttl_s=settings.recording_link_ttl_s,
+            retention_days=settings.recordings_retention_days,
+        )
+        media_services = MediaServices.from_settings(
+            settings, http=media_http, url_guard=guard.check, storage=recordings.storage
+        )
+
+        def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:
+            if not needs_media(options):
+                return None
+            return CallMediaSession(
+                the_driver,
+                the_clock,
+                call.sid,
+                call.account_sid,
+                call.from_uri,
+                call.to_uri or "",
+                options,
+                media_services,
+                agent_leg="from" if call.direction is Direction.OUTBOUND else "to",
+            )
+
         engine = CallEngine(
             store=the_store,
             driver=the_driver,
             clock=the_clock,
             node_id=the_node,
             recording_url=recording_url,
+            media_factory=media_factory,
+            save_recordings=recordings.save,
         )
         svc = Services(
             settings=settings,
@@ -113,7 +163,7 @@ def create_app(
             auth=Authenticator(the_store),
             rate_limiter=RateLimiter(),
             idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
-            guard=UrlGuard(settings.allow_private_urls),
+            guard=guard,
             sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
         )
         svc_holder["svc"] = svc
@@ -127,6 +177,8 @@ def create_app(
             reconcile_interval_s=settings.reconcile_interval_s,
         )
         svc.extras["reconciler"] = reconciler
+        svc.extras["recordings"] = recordings
+        svc.extras["media_http"] = media_http
         from callbridge.engine import inbound
 
         inbound.install(svc)
@@ -135,6 +187,7 @@ def create_app(
         await reconciler.reconcile_once()
         if run_background:
             reconciler.start()
+            recordings.start()
         svc.ready = True
         log.info("callbridge started", extra={"node": the_node, "driver": the_driver.name})
         try:
@@ -143,6 +196,8 @@ def create_app(
             svc.ready = False
             await engine.stop()
             await reconciler.stop()
+            await recordings.stop()
+            await media_http.aclose()
             if owns_store:
                 await the_store.close()
             log.info("callbridge stopped", extra={"node": the_node})

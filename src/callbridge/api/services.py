@@ -36,7 +36,9 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def recording_url(self, recording_id: str, account_sid: str) -> str:
-        base = (self.settings.public_base_url or "").rstrip("/")
+        base = (
+            self.settings.public_base_url or f"http://{self.settings.host}:{self.settings.port}"
+        ).rstrip("/")
         return f"{base}/v3/accounts/{account_sid}/recordings/{recording_id}.mp3"
 
 

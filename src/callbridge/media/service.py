@@ -1,0 +1,156 @@
+"""Recordings as a product: saving finished recordings, finding them per account, signed links,
+and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, insert, select
+
+from callbridge.clock import Clock
+from callbridge.domain.calls import Call
+from callbridge.ids import new_sid
+from callbridge.media.recorder import RecordingResult
+from callbridge.media.storage import (
+    LocalRecordingStorage,
+    RecordingStorage,
+    S3RecordingStorage,
+    link_expiry,
+    sign_link,
+    verify_link,
+)
+from callbridge.settings import Settings
+from callbridge.store.repo import Store
+from callbridge.store.tables import recordings
+
+log = logging.getLogger(__name__)
+
+RETENTION_SWEEP_S = 3600.0
+
+
+def build_storage(settings: Settings, client: httpx.AsyncClient) -> RecordingStorage:
+    """Local files under the data directory, or an S3-compatible bucket when configured."""
+    if settings.recordings_s3_endpoint and settings.recordings_s3_bucket:
+        secret = settings.recordings_s3_secret_key
+        return S3RecordingStorage(
+            endpoint=settings.recordings_s3_endpoint,
+            bucket=settings.recordings_s3_bucket,
+            region=settings.recordings_s3_region,
+            access_key=settings.recordings_s3_access_key or "",
+            secret_key=secret.get_secret_value() if secret else "",
+            client=client,
+        )
+    return LocalRecordingStorage(settings.data_dir)
+
+
+class RecordingService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        storage: RecordingStorage,
+        clock: Clock,
+        signing_key: bytes,
+        link_ttl_s: int,
+        retention_days: int,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.clock = clock
+        self._key = signing_key
+        self.link_ttl_s = link_ttl_s
+        self.retention_days = retention_days
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def key_from(settings: Settings) -> bytes:
+        if settings.signing_key is not None:
+            return settings.signing_key.get_secret_value().encode()
+        return os.urandom(32)
+
+    async def save(self, call: Call, results: list[Any]) -> list[str]:
+        """Store each finished recording and its row; returns the recording ids in order."""
+        ids: list[str] = []
+        now = self.clock.now()
+        for result in results:
+            if not isinstance(result, RecordingResult) or not result.mp3_bytes:
+                continue
+            recording_id = new_sid()
+            await self.storage.save(call.account_sid, recording_id, result.mp3_bytes)
+            async with self.store.tx() as conn:
+                await conn.execute(
+                    insert(recordings).values(
+                        id=recording_id,
+                        account_sid=call.account_sid,
+                        call_sid=call.sid,
+                        storage_key=f"{call.account_sid}/{recording_id}.mp3",
+                        format=result.format.value,
+                        channels="dual" if result.channels == 2 else "single",
+                        duration_s=result.duration_s,
+                        size_bytes=len(result.mp3_bytes),
+                        created_at=now,
+                    )
+                )
+            ids.append(recording_id)
+        return ids
+
+    async def read(self, account_sid: str, recording_id: str) -> bytes | None:
+        """The MP3 of an account's recording, or None (another account's id is None too)."""
+        async with self.store.read() as conn:
+            owner = (
+                await conn.execute(
+                    select(recordings.c.account_sid).where(recordings.c.id == recording_id)
+                )
+            ).scalar()
+        if owner != account_sid:
+            return None
+        return await self.storage.read(account_sid, recording_id)
+
+    def signed_query(self, recording_id: str) -> dict[str, str]:
+        expires = link_expiry(self.link_ttl_s)
+        return {"expires": str(expires), "signature": sign_link(recording_id, expires, self._key)}
+
+    def link_is_valid(self, recording_id: str, expires: str, signature: str) -> bool:
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            return False
+        return verify_link(recording_id, expires_at, signature, self._key, now=time.time())
+
+    async def purge(self) -> int:
+        """Delete recordings older than the retention period (0 days keeps everything)."""
+        if self.retention_days <= 0:
+            return 0
+        cutoff: datetime = self.clock.now() - timedelta(days=self.retention_days)
+        removed = await self.storage.purge_older_than(cutoff)
+        async with self.store.tx() as conn:
+            await conn.execute(delete(recordings).where(recordings.c.created_at < cutoff))
+        return removed
+
+    def start(self) -> None:
+        if self.retention_days > 0 and self._task is None:
+            self._task = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                removed = await self.purge()
+                if removed:
+                    log.info("recordings purged", extra={"count": removed})
+            except Exception:
+                log.exception("recording retention sweep failed")
+            await self.clock.sleep(RETENTION_SWEEP_S)
