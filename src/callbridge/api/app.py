@@ -42,12 +42,12 @@ from callbridge.errors import (
     NotFound,
     ValidationFailed,
 )
+from callbridge.media.service import RecordingService, build_storage
 from callbridge.settings import Settings
 from callbridge.store.repo import Store
 from callbridge.store.schema import ensure_schema
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
-from callbridge.media.service import RecordingService, build_storage
 from callbridge.webhooks.ssrf import PinnedTransport, UrlGuard
 
 log = logging.getLogger(__name__)
