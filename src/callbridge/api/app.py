@@ -42,6 +42,7 @@ from callbridge.errors import (
     NotFound,
     ValidationFailed,
 )
+from callbridge.gcpolicy import GcPolicy
 from callbridge.media.service import RecordingService, build_storage
 from callbridge.settings import Settings
 from callbridge.store.repo import Store
@@ -185,9 +186,11 @@ def create_app(
         await reconciler.register()
         await engine.start()
         await reconciler.reconcile_once()
+        gc_policy = GcPolicy()
         if run_background:
             reconciler.start()
             recordings.start()
+            gc_policy.start()
         svc.ready = True
         log.info("callbridge started", extra={"node": the_node, "driver": the_driver.name})
         try:
@@ -195,6 +198,7 @@ def create_app(
         finally:
             svc.ready = False
             await engine.stop()
+            await gc_policy.stop()
             await reconciler.stop()
             await recordings.stop()
             await media_http.aclose()

@@ -77,6 +77,7 @@ class CallRunner:
         self.driver = engine.driver
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._timers: dict[str, Timer] = {}
+        self._legs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.finished = False
 
@@ -145,9 +146,11 @@ class CallRunner:
 
     def own_leg(self, leg_sid: str) -> None:
         self.engine._leg_owner[leg_sid] = self
+        self._legs.add(leg_sid)
 
     def disown_leg(self, leg_sid: str) -> None:
         self.engine._leg_owner.pop(leg_sid, None)
+        self._legs.discard(leg_sid)
 
     async def hangup_quietly(self, leg_sid: str) -> None:
         self.disown_leg(leg_sid)
@@ -216,9 +219,10 @@ class CallEngine:
 
     def _forget(self, runner: CallRunner) -> None:
         self._runners.pop(runner.call.sid, None)
-        for leg_sid, owner in list(self._leg_owner.items()):
-            if owner is runner:
+        for leg_sid in runner._legs:
+            if self._leg_owner.get(leg_sid) is runner:
                 del self._leg_owner[leg_sid]
+        runner._legs.clear()
 
     def runner(self, call_sid: str) -> CallRunner | None:
         return self._runners.get(call_sid)
