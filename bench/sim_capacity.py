@@ -122,7 +122,7 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
             await asyncio.gather(*(place(i) for i in range(first, min(calls, first + batch))))
         admitted_s = time.perf_counter() - started
         deadline = time.perf_counter() + 120
-        while bridged(engine) < calls and time.perf_counter() < deadline:
+        while bridged(engine) < calls and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.25)
         ramp_s = time.perf_counter() - started
         held = bridged(engine)
