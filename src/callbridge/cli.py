@@ -82,9 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade_to_head(settings.resolved_database_url())
         print("database is up to date")
         return 0
-    from callbridge import admin
+    from callbridge.admin import run as run_admin
 
-    return asyncio.run(admin.run(args, settings))
+    return asyncio.run(run_admin(args, settings))
 
 
 def _serve(settings: Settings) -> int:

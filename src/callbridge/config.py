@@ -39,8 +39,9 @@ class DeviceConfig:
     contact_uri: str
     type: str
     name: str | None
-    available: bool
-    verified: bool
+    available: bool | None
+    """None: not in the file — a new device is ON, an existing one keeps its value."""
+    verified: bool | None
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,11 @@ def _parse_user(raw: Any, where: str, region: str) -> UserConfig:
                 contact_uri=uri.uri,
                 type=uri.type.value,
                 name=device.get("name"),
-                available=bool(device.get("available", True)),
-                verified=bool(device.get("verified", False)),
+                available=_optional_bool(device, "available", dwhere),
+                verified=_optional_bool(device, "verified", dwhere),
             )
         )
-    if sum(1 for d in devices if d.available) > 1:
+    if sum(1 for d in devices if d.available is not False) > 1:
         raise ConfigError(f"{where}.devices: at most one device per user may be available")
     return UserConfig(
         first_name=str(raw.get("first_name", "")),
@@ -176,6 +177,15 @@ def _parse_user(raw: Any, where: str, region: str) -> UserConfig:
         role=role,
         devices=tuple(devices),
     )
+
+
+def _optional_bool(table: dict[str, Any], key: str, where: str) -> bool | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false")
+    return value
 
 
 def load_config(path: Path, *, default_rate_limit: int = 200) -> Config:

@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callbridge.domain.options import CallbackEvent, CallbackMethod, StatusCallback
 from callbridge.store.outbox import (
     GONE_FOLLOWER_ERROR,
+    Action,
     AttemptOutcome,
+    OutboxRow,
     OutboxStatus,
     claim_due,
     count_by_status,
@@ -58,11 +60,20 @@ async def enqueue(
         )
 
 
-async def claim(engine: AsyncEngine, node: str = "n1", now: datetime = T0, limit: int = 100):  # type: ignore[no-untyped-def]
+async def claim(
+    engine: AsyncEngine, node: str = "n1", now: datetime = T0, limit: int = 100
+) -> list[OutboxRow]:
     return await claim_due(engine, node_id=node, now=now, limit=limit, lease_s=60)
 
 
-def outcome(row, action, *, error=None, next_at=None, status=200):  # type: ignore[no-untyped-def]
+def outcome(
+    row: OutboxRow,
+    action: Action,
+    *,
+    error: str | None = None,
+    next_at: datetime | None = None,
+    status: int = 200,
+) -> AttemptOutcome:
     return AttemptOutcome(
         outbox_id=row.id,
         call_sid=row.call_sid,

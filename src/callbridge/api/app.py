@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +52,7 @@ from callbridge.store.schema import ensure_schema
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
 from callbridge.webhooks.ssrf import PinnedTransport, UrlGuard
+from callbridge.webhooks.worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,12 @@ def create_app(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reconcile_interval_s=settings.reconcile_interval_s,
         )
+        worker = DeliveryWorker.from_settings(
+            settings, the_store.write_engine, the_clock, the_node, guard=guard
+        )
+        engine.on_committed = worker.wake
+        reconciler.on_committed = worker.wake
+        svc.extras["worker"] = worker
         svc.extras["reconciler"] = reconciler
         svc.extras["recordings"] = recordings
         svc.extras["media_http"] = media_http
@@ -187,6 +196,9 @@ def create_app(
         await engine.start()
         await reconciler.reconcile_once()
         gc_policy = GcPolicy()
+        worker_task: asyncio.Task[None] | None = None
+        if run_background and settings.callbacks_in_process:
+            worker_task = asyncio.create_task(worker.run(), name="callback-worker")
         if run_background:
             reconciler.start()
             recordings.start()
@@ -200,6 +212,11 @@ def create_app(
             await engine.stop()
             await gc_policy.stop()
             await reconciler.stop()
+            if worker_task is not None:
+                await worker.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            await worker.aclose()
             await recordings.stop()
             await media_http.aclose()
             if owns_store:

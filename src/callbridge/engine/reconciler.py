@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -109,8 +110,7 @@ class Reconciler:
         lease_ttl_s: float,
         heartbeat_interval_s: float,
         reconcile_interval_s: float,
-        recording_url: object = None,
-        on_committed: object = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -118,7 +118,7 @@ class Reconciler:
         self.lease_ttl_s = lease_ttl_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.reconcile_interval_s = reconcile_interval_s
-        self._on_committed = on_committed
+        self.on_committed = on_committed
         self._tasks: list[asyncio.Task[None]] = []
         self.calls_ended = 0
 
@@ -178,7 +178,13 @@ class Reconciler:
         for call, owner in orphans:
             ended += await self._end_orphan(call, dead.get(owner or "", now))
         async with self.store.tx() as conn:
-            freed = await busy_store.release_orphan_marks(conn, live)
+            freed_pairs = await busy_store.release_orphan_marks(conn, live)
+            by_account: dict[str, list[str]] = {}
+            for account_sid, uri in freed_pairs:
+                by_account.setdefault(account_sid, []).append(uri)
+            for account_sid, uris in by_account.items():
+                await user_store.apply_pending_availability(conn, account_sid, uris, now)
+            freed = len(freed_pairs)
             for node_id in dead:
                 await node_store.remove_node(conn, node_id)
         if ended or freed:
@@ -215,6 +221,6 @@ class Reconciler:
                     call_details=call_details(final_call, account.timezone),
                     now=final_call.updated_at,
                 )
-        if callable(self._on_committed):
-            self._on_committed()
+        if self.on_committed is not None:
+            self.on_committed()
         return 1

@@ -84,10 +84,18 @@ async def busy_uris(conn: AsyncConnection, account_sid: str, uris: Sequence[str]
     return {r[0]: r[1] for r in rows}
 
 
-async def release_orphan_marks(conn: AsyncConnection, live_nodes: Sequence[str]) -> int:
-    """Delete marks whose owner node is gone (crash) — the lease has expired."""
-    query = delete(busy_marks)
-    if live_nodes:
-        query = query.where(busy_marks.c.owner_node.not_in(list(live_nodes)))
-    result = await conn.execute(query)
-    return int(result.rowcount or 0)
+async def release_orphan_marks(
+    conn: AsyncConnection, live_nodes: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Delete marks whose owner node is gone (its lease expired); returns the pairs freed."""
+    owner_gone = busy_marks.c.owner_node.not_in(list(live_nodes)) if live_nodes else None
+    query = select(busy_marks.c.account_sid, busy_marks.c.contact_uri)
+    if owner_gone is not None:
+        query = query.where(owner_gone)
+    freed = [(r[0], r[1]) for r in (await conn.execute(query)).all()]
+    if freed:
+        removal = delete(busy_marks)
+        if owner_gone is not None:
+            removal = removal.where(owner_gone)
+        await conn.execute(removal)
+    return freed

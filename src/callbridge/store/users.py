@@ -175,10 +175,13 @@ async def upsert_device(
     contact_uri: str,
     uri_type: str,
     name: str | None,
-    available: bool,
-    verified: bool,
+    available: bool | None,
+    verified: bool | None,
     now: datetime,
 ) -> str:
+    """Create the device, or update it. `available`/`verified` of None leave an existing
+    device's value alone (so a restart does not undo changes made through the API); a new
+    device defaults to ON and unverified."""
     device_id = (
         await conn.execute(
             select(devices.c.id).where(
@@ -186,14 +189,16 @@ async def upsert_device(
             )
         )
     ).scalar()
-    values = {
+    values: dict[str, Any] = {
         "user_id": user_id,
         "name": name,
         "type": uri_type,
-        "available": available,
-        "verified": verified,
         "updated_at": now,
     }
+    if available is not None:
+        values["available"] = available
+    if verified is not None:
+        values["verified"] = verified
     if device_id is None:
         device_id = new_sid()
         await conn.execute(
@@ -202,7 +207,7 @@ async def upsert_device(
                 account_sid=account_sid,
                 contact_uri=contact_uri,
                 created_at=now,
-                **values,
+                **{"available": True, "verified": False, **values},
             )
         )
     else:
