@@ -92,6 +92,10 @@ async def replay_callback(
     )
 
 
+def _secret_view(secrets: list[str]) -> dict[str, str | None]:
+    return {"current": secrets[0], "previous": secrets[1] if len(secrets) > 1 else None}
+
+
 @router.get("/v3/accounts/{account_sid}/webhook-secret")
 async def get_webhook_secret(request: Request, account_sid: str) -> Response:
     """The secret that signs this account's callbacks (`webhook-signature`, Standard Webhooks)."""
@@ -102,7 +106,7 @@ async def get_webhook_secret(request: Request, account_sid: str) -> Response:
     return success(
         request_id(request),
         "GET",
-        {"webhook_secret": {"current": secrets[0], "previous": secrets[1] if len(secrets) > 1 else None}},
+        {"webhook_secret": _secret_view(secrets)},
     )
 
 
@@ -120,5 +124,5 @@ async def rotate_webhook_secret(request: Request, account_sid: str) -> Response:
     return success(
         request_id(request),
         "POST",
-        {"webhook_secret": {"current": secrets[0], "previous": secrets[1] if len(secrets) > 1 else None}},
+        {"webhook_secret": _secret_view(secrets)},
     )
