@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_concurrency: int = Field(default=64, ge=1)
     callback_poll_interval_s: float = Field(default=0.5, gt=0)
+    callback_lease_s: float | None = Field(default=None, gt=0)
+    """How long a claimed delivery is reserved for its worker (default 3 × timeout + 30 s);
+    after a crash, other workers take its rows over once this passes."""
 
     # Media.
     recordings_retention_days: int = Field(default=0, ge=0)

@@ -131,6 +131,7 @@ class DeliveryWorker:
             concurrency=settings.callback_concurrency,
             timeout_s=settings.callback_timeout_s,
             poll_interval_s=settings.callback_poll_interval_s,
+            lease_s=settings.callback_lease_s,
         )
 
     @property
