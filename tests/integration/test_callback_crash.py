@@ -88,7 +88,7 @@ async def test_killed_server_loses_no_callback(tmp_path: Path) -> None:
         await receiver.stop()
     seen = Counter(r.event_sid for r in receiver.requests)
     duplicates = sum(n - 1 for n in seen.values())
-    print(f"delivered {len(seen)} distinct events, {duplicates} duplicates")  # noqa: T201
+    print(f"delivered {len(seen)} distinct events, {duplicates} duplicates")
     assert len(seen) == CALLS * CALLBACKS_PER_CALL
     bodies = {json.loads(r.body)["call_details"]["sid"] for r in receiver.requests}
     assert bodies == set(sids)
