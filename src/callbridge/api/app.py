@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from callbridge.api import (
     callbacks_routes,
+    dashboard_routes,
     calls_routes,
     exophones_routes,
     health,
@@ -238,6 +239,7 @@ def create_app(
     app.include_router(users_routes.router)
     app.include_router(v2_calls_routes.router)
     app.include_router(exophones_routes.router)
+    app.include_router(dashboard_routes.router)
     if settings.driver == "sim":
         app.include_router(sim_routes.router)
 

@@ -1,0 +1,7 @@
+"""Routes not yet built; replaced by their owner."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
