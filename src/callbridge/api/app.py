@@ -18,8 +18,8 @@ from starlette.responses import Response
 
 from callbridge.api import (
     callbacks_routes,
-    dashboard_routes,
     calls_routes,
+    dashboard_routes,
     exophones_routes,
     health,
     recordings_routes,
