@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.domain.calls import Call, Leg
@@ -24,7 +24,7 @@ from callbridge.domain.views import call_details
 from callbridge.errors import CallbridgeError, DeviceBusy, VirtualNumberNotFound
 from callbridge.store import outbox as outbox_store
 from callbridge.store import users as user_store
-from callbridge.store.calls import call_values, leg_values
+from callbridge.store.bulk import insert_rows, sqlite_datetime, update_rows
 from callbridge.store.tables import busy_marks, calls, devices, exophones, legs, users
 
 ADMIT = "admit"
@@ -61,12 +61,6 @@ class Change:
     options: CallOptions | None = None
     tz_name: str = "Asia/Kolkata"
     recording_url: Callable[[str], str] | None = None
-
-
-def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        return pg_insert(table)
-    return sqlite_insert(table)
 
 
 async def admit_batch(
@@ -130,54 +124,44 @@ async def admit_batch(
         results.append(None)
         candidates.append((index, job))
     managed = [(i, j) for i, j in candidates if j.options.state_management]
-    winners: set[str] = set()
-    if managed:
-        statement = (
-            _dialect_insert(conn, busy_marks)
-            .values(
-                [
-                    {
-                        "account_sid": j.call.account_sid,
-                        "contact_uri": j.call.from_uri,
-                        "call_sid": j.call.sid,
-                        "owner_node": j.owner_node,
-                        "created_at": j.call.created_at,
-                    }
-                    for _, j in managed
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(busy_marks.c.call_sid)
-        )
-        winners = {r[0] for r in await conn.execute(statement)}
+    winners = await _mark_busy_many(
+        conn,
+        [
+            (j.call.account_sid, j.call.from_uri, j.call.sid, j.owner_node, j.call.created_at)
+            for _, j in managed
+        ],
+    )
     admitted: list[tuple[int, Admission]] = []
     for index, job in candidates:
         if job.options.state_management and job.call.sid not in winners:
             results[index] = DeviceBusy(f"{job.call.from_uri} is on another call")
         else:
             admitted.append((index, job))
-    if admitted:
-        await conn.execute(
-            insert(calls),
-            [
-                {
-                    "sid": j.call.sid,
-                    "account_sid": j.call.account_sid,
-                    "direction": j.call.direction.value,
-                    "virtual_number": j.call.virtual_number,
-                    "from_uri": j.call.from_uri,
-                    "custom_field": j.call.custom_field,
-                    "options": j.options.to_json(),
-                    "owner_node": j.owner_node,
-                    "created_at": j.call.created_at,
-                    **call_values(j.call),
-                }
-                for _, j in admitted
-            ],
-        )
-        await conn.execute(insert(legs), [_leg_row(j.from_leg) for _, j in admitted])
-        for index, job in admitted:
-            results[index] = Admitted(job.call, job.from_leg, job.options)
+    await insert_rows(
+        conn,
+        calls,
+        CALL_INSERT_COLUMNS,
+        [
+            (
+                j.call.sid,
+                j.call.account_sid,
+                j.call.direction.value,
+                j.call.virtual_number,
+                j.call.from_uri,
+                j.call.custom_field,
+                j.options.to_json(),
+                j.owner_node,
+                j.call.created_at,
+                *call_update_row(j.call)[:-1],
+            )
+            for _, j in admitted
+        ],
+    )
+    await insert_rows(
+        conn, legs, LEG_INSERT_COLUMNS, [leg_insert_row(j.from_leg) for _, j in admitted]
+    )
+    for index, job in admitted:
+        results[index] = Admitted(job.call, job.from_leg, job.options)
     final: list[Admitted | CallbridgeError] = []
     for result in results:
         assert result is not None
@@ -185,41 +169,133 @@ async def admit_batch(
     return final
 
 
-def _leg_row(leg: Leg) -> dict[str, Any]:
-    return {
-        "sid": leg.sid,
-        "call_sid": leg.call_sid,
-        "side": leg.side.value,
-        "seq": leg.seq,
-        "contact_uri": leg.contact_uri,
-        "group_id": leg.group_id,
-        "group_name": leg.group_name,
-        "created_at": leg.created_at,
-        **leg_values(leg),
-    }
+CALL_UPDATE_COLUMNS = (
+    "state",
+    "status",
+    "updated_at",
+    "start_at",
+    "end_at",
+    "talk_time_s",
+    "digits",
+    "recordings",
+    "app_id",
+    "app_name",
+    "to_uri",
+)
+CALL_INSERT_COLUMNS = (
+    "sid",
+    "account_sid",
+    "direction",
+    "virtual_number",
+    "from_uri",
+    "custom_field",
+    "options",
+    "owner_node",
+    "created_at",
+    *CALL_UPDATE_COLUMNS,
+)
+LEG_UPDATE_COLUMNS = ("status", "updated_at", "answered_at", "ended_at", "name")
+LEG_INSERT_COLUMNS = (
+    "sid",
+    "call_sid",
+    "side",
+    "seq",
+    "contact_uri",
+    "group_id",
+    "group_name",
+    "created_at",
+    *LEG_UPDATE_COLUMNS,
+)
+
+
+def call_update_row(call: Call) -> tuple[Any, ...]:
+    """CALL_UPDATE_COLUMNS values, then the sid."""
+    return (
+        call.state.value,
+        call.status.value if call.status else None,
+        call.updated_at,
+        call.start_at,
+        call.end_at,
+        call.talk_time_s,
+        call.digits,
+        list(call.recordings) or None,
+        call.app_id,
+        call.app_name,
+        call.to_uri,
+        call.sid,
+    )
+
+
+def leg_update_row(leg: Leg) -> tuple[Any, ...]:
+    """LEG_UPDATE_COLUMNS values, then the sid."""
+    return (leg.status.value, leg.updated_at, leg.answered_at, leg.ended_at, leg.name, leg.sid)
+
+
+def leg_insert_row(leg: Leg) -> tuple[Any, ...]:
+    return (
+        leg.sid,
+        leg.call_sid,
+        leg.side.value,
+        leg.seq,
+        leg.contact_uri,
+        leg.group_id,
+        leg.group_name,
+        leg.created_at,
+        *leg_update_row(leg)[:-1],
+    )
+
+
+async def _mark_busy_many(
+    conn: AsyncConnection, marks: list[tuple[str, str, str, str, datetime]]
+) -> set[str]:
+    """Insert busy marks; a taken (account, contact URI) is skipped. Returns the winning calls."""
+    if not marks:
+        return set()
+    if conn.dialect.name == "sqlite":
+        values = ", ".join("(?, ?, ?, ?, ?)" for _ in marks)
+        params: list[Any] = []
+        for account_sid, uri, call_sid, owner, at in marks:
+            params += [account_sid, uri, call_sid, owner, sqlite_datetime(at)]
+        result = await conn.exec_driver_sql(
+            "INSERT INTO busy_marks (account_sid, contact_uri, call_sid, owner_node, created_at) "
+            f"VALUES {values} ON CONFLICT DO NOTHING RETURNING call_sid",
+            tuple(params),
+        )
+        return {r[0] for r in result}
+    statement = (
+        pg_insert(busy_marks)
+        .values(
+            [
+                {
+                    "account_sid": account_sid,
+                    "contact_uri": uri,
+                    "call_sid": call_sid,
+                    "owner_node": owner,
+                    "created_at": at,
+                }
+                for account_sid, uri, call_sid, owner, at in marks
+            ]
+        )
+        .on_conflict_do_nothing()
+        .returning(busy_marks.c.call_sid)
+    )
+    return {r[0] for r in await conn.execute(statement)}
 
 
 async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> list[None]:
     """Commit many calls' changes with one statement per table, in the order given."""
-    new_legs = [_leg_row(leg) for c in changes for leg in c.new_legs]
-    if new_legs:
-        await conn.execute(insert(legs), new_legs)
-    leg_updates = [{"b_sid": leg.sid, **leg_values(leg)} for c in changes for leg in c.legs]
-    if leg_updates:
-        columns = [k for k in leg_updates[0] if k != "b_sid"]
-        await conn.execute(
-            update(legs)
-            .where(legs.c.sid == bindparam("b_sid"))
-            .values({k: bindparam(k) for k in columns}),
-            leg_updates,
-        )
-    call_updates = [{"b_sid": c.call.sid, **call_values(c.call)} for c in changes]
-    columns = [k for k in call_updates[0] if k != "b_sid"]
-    await conn.execute(
-        update(calls)
-        .where(calls.c.sid == bindparam("b_sid"))
-        .values({k: bindparam(k) for k in columns}),
-        call_updates,
+    await insert_rows(
+        conn, legs, LEG_INSERT_COLUMNS, [leg_insert_row(leg) for c in changes for leg in c.new_legs]
+    )
+    await update_rows(
+        conn,
+        legs,
+        "sid",
+        LEG_UPDATE_COLUMNS,
+        [leg_update_row(leg) for c in changes for leg in c.legs],
+    )
+    await update_rows(
+        conn, calls, "sid", CALL_UPDATE_COLUMNS, [call_update_row(c.call) for c in changes]
     )
     releasing = [c for c in changes if c.release_marks]
     if releasing:
