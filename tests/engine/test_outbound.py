@@ -3,6 +3,7 @@ legs, timings and busy marks it leaves behind."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,10 @@ from callbridge.clock import ManualClock
 from callbridge.store.repo import Store
 
 from ..harness import AGENT, CUSTOMER, Harness, running_app
+
+
+START = datetime(2026, 1, 15, 6, 30, tzinfo=UTC)
+"""Where the ManualClock starts."""
 
 
 async def start(h: Harness, **fields: Any) -> str:
@@ -244,3 +249,27 @@ async def test_shutdown_ends_active_calls_and_frees_agents(
         assert details["state"] == "terminal"
         assert details["status"] == "to_leg_no_dial"
         assert (await h.create_call()).status_code == 200
+
+
+async def test_ended_click_to_call_marks_the_agent_idle_since_then(
+    store: Store, clock: ManualClock
+) -> None:
+    from sqlalchemy import select
+
+    from callbridge.store.tables import devices, users
+
+    async with running_app(store, clock) as h:
+        h.phone(CUSTOMER, "answer", answer_after_s=1, hangup_after_s=5)
+        await start(h)
+        await h.advance(30)
+        async with store.read() as conn:
+            ended = (
+                await conn.execute(
+                    select(users.c.last_call_ended_at)
+                    .join(devices, devices.c.user_id == users.c.id)
+                    .where(devices.c.contact_uri == AGENT)
+                )
+            ).scalar()
+        assert ended is not None
+        # Rang 1 s, customer rang 1 s, talked 5 s: the call ended 7 s after it started.
+        assert ended.replace(tzinfo=UTC) == START + timedelta(seconds=7)

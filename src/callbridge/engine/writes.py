@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -315,6 +315,19 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> lis
             now = max(c.call.updated_at for c in releasing)
             for account_sid, freed_uris in by_account.items():
                 await user_store.apply_pending_availability(conn, account_sid, freed_uris, now)
+                # Longest-idle routing counts every kind of call, outbound included.
+                await conn.execute(
+                    update(users)
+                    .where(
+                        users.c.id.in_(
+                            select(devices.c.user_id).where(
+                                devices.c.account_sid == account_sid,
+                                devices.c.contact_uri.in_(freed_uris),
+                            )
+                        )
+                    )
+                    .values(last_call_ended_at=now)
+                )
     for change in changes:
         if change.event is None or change.options is None or not change.options.status_callbacks:
             continue
