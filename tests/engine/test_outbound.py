@@ -13,7 +13,6 @@ from callbridge.store.repo import Store
 
 from ..harness import AGENT, CUSTOMER, Harness, running_app
 
-
 START = datetime(2026, 1, 15, 6, 30, tzinfo=UTC)
 """Where the ManualClock starts."""
 
