@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 
 def new_sid() -> str:
-    """A 32-character lowercase hex identifier, as Exotel uses for call sids."""
-    return uuid.uuid4().hex
+    """A 32-character lowercase hex identifier (128 random bits), as Exotel uses for call sids."""
+    return os.urandom(16).hex()
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -282,7 +282,8 @@ class CallEngine:
         """Commit a call's change, its legs, freed marks and callback events atomically."""
         change.options = options
         change.tz_name = tz_name
-        change.recording_url = self._recording_url_for(change.call)
+        if change.event is not None:
+            change.recording_url = self._recording_url_for(change.call)
         for attempt in range(1, PERSIST_ATTEMPTS + 1):
             try:
                 await self.writer.submit(CHANGE, change)

@@ -25,9 +25,9 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     """SQLAlchemy's SQLite DATETIME storage format, in UTC."""
     if value is None:
         return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC) if value.tzinfo is not None else value
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_json(value: Any) -> str:
@@ -39,23 +39,18 @@ def _sqlite_bool(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 @lru_cache(maxsize=64)
-def _sqlite_adapters(table: Table, columns: tuple[str, ...]) -> tuple[Adapter, ...]:
-    adapters: list[Adapter] = []
-    for name in columns:
+def _sqlite_adapters(table: Table, columns: tuple[str, ...]) -> tuple[tuple[int, Adapter], ...]:
+    """(position, adapter) for each column whose value SQLite cannot take as it is."""
+    adapters: list[tuple[int, Adapter]] = []
+    for position, name in enumerate(columns):
         kind = table.c[name].type
         if isinstance(kind, DateTime):
-            adapters.append(sqlite_datetime)
+            adapters.append((position, sqlite_datetime))
         elif isinstance(kind, JSON):
-            adapters.append(_sqlite_json)
+            adapters.append((position, _sqlite_json))
         elif isinstance(kind, Boolean):
-            adapters.append(_sqlite_bool)
-        else:
-            adapters.append(_identity)
+            adapters.append((position, _sqlite_bool))
     return tuple(adapters)
 
 
@@ -63,7 +58,15 @@ def _adapt(
     table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
 ) -> list[tuple[Any, ...]]:
     adapters = _sqlite_adapters(table, columns)
-    return [tuple(a(v) for a, v in zip(adapters, row, strict=True)) for row in rows]
+    adapted: list[tuple[Any, ...]] = []
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"{table.name}: {len(row)} values for {len(columns)} columns")
+        values = list(row)
+        for position, adapter in adapters:
+            values[position] = adapter(values[position])
+        adapted.append(tuple(values))
+    return adapted
 
 
 async def insert_rows(
