@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     callback_concurrency: int = Field(default=64, ge=1)
     callback_poll_interval_s: float = Field(default=0.5, gt=0)
     callback_lease_s: float | None = Field(default=None, gt=0)
-    """How long a claimed delivery is reserved for its worker (default 3 × timeout + 30 s);
+    """How long a claimed delivery is reserved for its worker (default 3 x timeout + 30 s);
     after a crash, other workers take its rows over once this passes."""
 
     # Media.
