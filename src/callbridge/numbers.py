@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -34,6 +35,13 @@ class ContactUri:
 
 def normalise(raw: str, region: str = DEFAULT_REGION) -> ContactUri:
     """Return the canonical form used as the busy-registry key and stored on devices/legs."""
+    return _normalise(raw, region)
+
+
+@lru_cache(maxsize=65536)
+def _normalise(raw: str, region: str) -> ContactUri:
+    # Parsing is the slow part of a request, and agents and ExoPhones repeat; errors are not
+    # cached (lru_cache only keeps returned values).
     value = raw.strip()
     if not value:
         raise InvalidContactUri("empty contact URI")
