@@ -328,16 +328,19 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> lis
                     )
                     .values(last_call_ended_at=now)
                 )
-    for change in changes:
-        if change.event is None or change.options is None or not change.options.status_callbacks:
-            continue
-        await outbox_store.enqueue_events(
-            conn,
-            account_sid=change.call.account_sid,
-            call_sid=change.call.sid,
-            event_type=change.event,
-            callbacks=change.options.status_callbacks,
-            call_details=call_details(change.call, change.tz_name, change.recording_url),
-            now=change.call.updated_at,
-        )
+    await outbox_store.enqueue_events_many(
+        conn,
+        [
+            outbox_store.EventToEnqueue(
+                account_sid=c.call.account_sid,
+                call_sid=c.call.sid,
+                event_type=c.event,
+                callbacks=c.options.status_callbacks,
+                call_details=call_details(c.call, c.tz_name, c.recording_url),
+                now=c.call.updated_at,
+            )
+            for c in changes
+            if c.event is not None and c.options is not None and c.options.status_callbacks
+        ],
+    )
     return [None] * len(changes)
