@@ -113,6 +113,8 @@ class ManualClock:
     async def advance(self, seconds: float, settle: Callable[[], object] | None = None) -> None:
         """Advance time by `seconds`, firing timers in order; after each batch, await `settle`."""
         target = self._now_s + seconds
+        # Work already queued (e.g. a call just launched) schedules its timers first.
+        await _settle(settle)
         while True:
             fired = self.fire_due(target)
             await _settle(settle)

@@ -171,3 +171,34 @@ async def test_secret_rotation_signs_with_both_secrets(
         headers = {k: v for k, v in request.headers.items() if k.startswith("webhook-")}
         Webhook(old).verify(request.body, headers)
         Webhook(new["current"]).verify(request.body, headers)
+
+
+async def test_v2_calls_get_callbacks_with_v2_names(
+    store: Store, clock: ManualClock, receiver: Receiver
+) -> None:
+    async with running_app(store, clock) as h:
+        h.phone(CUSTOMER, "no-answer")
+        r = await h.client.post(
+            f"/v2/accounts/{ACCOUNT}/calls",
+            headers=h.auth,
+            json={
+                "from": {"user_contact_uri": "+919900000001"},
+                "to": {"customer_contact_uri": CUSTOMER},
+                "virtual_number": "+912241499102",
+                "attempt_time_out": 10,
+                "status_callback": [{"event": "terminal", "url": receiver.url("/v2")}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        sid = r.json()["response"]["data"]["call_sid"]
+        await h.advance(20)
+        assert (await h.call(sid))["status"] == "to_leg_unanswered"
+        assert await deliver(h) == 1
+        body = json.loads(receiver.requests[0].body)
+        assert body["event_details"] == {"event_type": "terminal"}
+        details = body["call_details"]
+        assert details["call_state"] == "terminal"
+        assert details["call_status"] == "customer_unanswered"
+        assert details["assigned_agent_details"]["user_name"] == "Asha Rao"
+        assert details["customer_details"] == {"contact_uri": CUSTOMER, "status": "no-answer"}
+        assert "sid" not in details

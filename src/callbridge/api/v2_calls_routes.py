@@ -3,6 +3,7 @@ through the same engine as v3 (same checks, same busy compare-and-set), answerin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -187,9 +188,9 @@ async def create_call(request: Request, account_sid: str) -> Response:
         virtual_number = normalise(payload.virtual_number, account.region)
     except InvalidContactUri as exc:
         raise VirtualNumberNotFound(f"virtual_number: {exc}") from exc
-    options = payload.options()
-    await check_call_urls(svc.guard, options)
     user, device = await _agent_device(svc, account, payload.from_)
+    options = replace(payload.options(), v2_agent=(user.id, user.name))
+    await check_call_urls(svc.guard, options)
     call = await admit_click_to_call(
         svc.engine,
         ClickToCall(

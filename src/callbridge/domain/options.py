@@ -83,6 +83,9 @@ class CallOptions:
     streaming: StreamingOptions | None = None
     status_callbacks: tuple[StatusCallback, ...] = ()
     state_management: bool = False
+    v2_agent: tuple[str | None, str | None] | None = None
+    """Set for calls made through the v2 API: (user_id, user_name) of the agent. Their status
+    callbacks then use the v2 names (`call_sid`, `call_status`, `assigned_agent_details`…)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class CallOptions:
                 for c in self.status_callbacks
             ],
             "state_management": self.state_management,
+            "v2_agent": list(self.v2_agent) if self.v2_agent is not None else None,
         }
 
     @classmethod
@@ -144,4 +148,5 @@ class CallOptions:
                 for c in data.get("status_callbacks", [])
             ),
             state_management=bool(data.get("state_management", False)),
+            v2_agent=((data["v2_agent"][0], data["v2_agent"][1]) if data.get("v2_agent") else None),
         )

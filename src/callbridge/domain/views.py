@@ -91,3 +91,26 @@ def leg_details(
         "from": [leg_view(leg, tz_name) for leg in ordered if leg.side is LegSide.FROM],
         "to": [leg_view(leg, tz_name) for leg in ordered if leg.side is LegSide.TO],
     }
+
+
+def callback_details(
+    call: Call,
+    legs: Sequence[Leg],
+    tz_name: str,
+    *,
+    v2_agent: tuple[str | None, str | None] | None,
+    recording_url: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """`call_details` for a status callback: v3 names, or v2 names for calls made through v2."""
+    details = call_details(call, tz_name, recording_url)
+    if v2_agent is None:
+        return details
+    from callbridge.domain.users import V2Agent, v2_call_details
+
+    customer = [leg for leg in legs if leg.side is LegSide.TO]
+    return v2_call_details(
+        details,
+        agent=V2Agent(*v2_agent),
+        customer_uri=call.to_uri,
+        customer_status=customer[-1].status.value if customer else None,
+    )

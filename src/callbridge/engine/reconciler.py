@@ -30,7 +30,7 @@ from callbridge.domain.calls import (
     derive_outbound_status,
 )
 from callbridge.domain.options import CallbackEvent
-from callbridge.domain.views import call_details
+from callbridge.domain.views import callback_details
 from callbridge.store import accounts as account_store
 from callbridge.store import busy as busy_store
 from callbridge.store import calls as call_store
@@ -218,7 +218,9 @@ class Reconciler:
                     call_sid=call.sid,
                     event_type=CallbackEvent.TERMINAL,
                     callbacks=options.status_callbacks,
-                    call_details=call_details(final_call, account.timezone),
+                    call_details=callback_details(
+                        final_call, final_legs, account.timezone, v2_agent=options.v2_agent
+                    ),
                     now=final_call.updated_at,
                 )
         if self.on_committed is not None:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callbridge.domain.calls import Call, Leg
 from callbridge.domain.options import CallbackEvent, CallOptions
 from callbridge.domain.presence import DeviceSnapshot, device_refusal
-from callbridge.domain.views import call_details
+from callbridge.domain.views import callback_details
 from callbridge.errors import CallbridgeError, DeviceBusy, VirtualNumberNotFound
 from callbridge.store import outbox as outbox_store
 from callbridge.store import users as user_store
@@ -336,7 +336,13 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> lis
                 call_sid=c.call.sid,
                 event_type=c.event,
                 callbacks=c.options.status_callbacks,
-                call_details=call_details(c.call, c.tz_name, c.recording_url),
+                call_details=callback_details(
+                    c.call,
+                    [*c.new_legs, *c.legs],
+                    c.tz_name,
+                    v2_agent=c.options.v2_agent,
+                    recording_url=c.recording_url,
+                ),
                 now=c.call.updated_at,
             )
             for c in changes
