@@ -68,6 +68,7 @@ async def admit_click_to_call(
         ADMIT, Admission(call, from_leg, request.options, engine.node_id, reachable)
     )
     engine.remember(admitted.call)
+    engine.notify(admitted.call)
     engine.launch(
         OutboundRunner(engine, admitted.call, admitted.options, account.timezone, admitted.from_leg)
     )

@@ -300,8 +300,15 @@ class CallEngine:
         self.remember(change.call)
         if change.event is not None and self.on_committed is not None:
             self.on_committed()
+        self.notify(change.call)
+
+    def notify(self, call: Call) -> None:
+        """Tell listeners (the live view) about a committed call snapshot."""
         for listener in self._listeners:
-            listener(change.call)
+            try:
+                listener(call)
+            except Exception:
+                log.exception("call listener failed", extra={"call_sid": call.sid})
 
     def _recording_url_for(self, call: Call) -> Callable[[str], str] | None:
         render = self.recording_url
