@@ -28,7 +28,7 @@ def free_port(count: int = 1, *, step: int = 1) -> int:
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((HOST, 0))
-            base = probe.getsockname()[1]
+            base: int = probe.getsockname()[1]
         if base + count * step + 2 > 65000 or base < 20000:
             continue
         if all(_port_free(base + i * step + j) for i in range(count) for j in (0, 1)):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from callbridge.clock import Clock, SystemClock
 from callbridge.settings import Settings
+from callbridge.telephony import base
 from callbridge.telephony.base import (
     AudioConsumer,
     CapacityExhausted,
@@ -39,6 +40,7 @@ from callbridge.telephony.base import (
     DriverError,
     EventSink,
     Handle,
+    IncomingHandler,
     LegEvent,
     LegEventKind,
     UnknownLeg,
@@ -70,19 +72,15 @@ _RESERVED_PER_CALL = 2
 
 
 @dataclass(frozen=True, slots=True)
-class IncomingCall:
-    """An INVITE that reached a worker; it is ringing (180) until answered or hung up."""
+class IncomingCall(base.IncomingCall):
+    """An INVITE that reached a worker; it is ringing (180) until answered or hung up.
 
-    leg_sid: str
-    from_uri: str
-    """The caller as a contact URI: E.164 when the From user part is a number, else `sip:`."""
-    to_uri: str
-    """The dialled number (an ExoPhone, E.164) or the To `sip:` URI."""
-    sip_from: str
-    sip_to: str
+    `from_uri` is the caller as a contact URI (E.164 when the From user part is a number,
+    else `sip:`); `to_uri` the dialled number (an ExoPhone, E.164) or the To `sip:` URI.
+    A `base.IncomingCall`, so the engine's handler for any driver takes it."""
 
-
-IncomingHandler = Callable[[IncomingCall], None]
+    sip_from: str = ""
+    sip_to: str = ""
 
 
 @dataclass(eq=False)
@@ -286,7 +284,7 @@ class SipDriver:
         worker.ready = loop.create_future()
         threading.Thread(
             target=self._read_loop,
-            args=(loop, worker, parent_conn, worker.generation),
+            args=(loop, worker, parent_conn, worker.generation, process),
             name=f"sip-read-{worker.index}",
             daemon=True,
         ).start()
@@ -309,6 +307,7 @@ class SipDriver:
         worker: _WorkerHandle,
         conn: Connection,
         generation: int,
+        process: subprocess.Popen[bytes],
     ) -> None:
         while True:
             try:
@@ -319,6 +318,10 @@ class SipDriver:
                 loop.call_soon_threadsafe(self._on_batch, worker, generation, batch)
             except RuntimeError:
                 return
+        # The pipe closes as the process ends: reap it so the log shows how it died
+        # (e.g. -11 for a segfault, -6 for a pjlib assertion).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1.0)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_exit, worker, generation)
 

@@ -44,6 +44,10 @@ log = logging.getLogger("callbridge.sip.worker")
 Event = tuple[Any, ...]
 
 _REJECT_INCOMING_CODE = 480
+_MEDIA_WITH_PORT = frozenset(
+    {pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD}
+)
+"""Audio states in which the call has a conference port to connect (held calls keep theirs)."""
 """Status sent when the engine hangs up an inbound call it never answered."""
 
 
@@ -228,6 +232,8 @@ class _Leg:
     ended_by_us: bool = False
     outcome_sent: bool = False
     media: Any = None
+    peer: str | None = None
+    """The leg this one is bridged to."""
     plays: set[int] = field(default_factory=set)
     taps: set[int] = field(default_factory=set)
 
@@ -435,14 +441,40 @@ class _Worker:
             self._forget(leg)
 
     def on_media_state(self, call: _SipCall) -> None:
+        """Take the call's audio port, and on every later change (a re-INVITE: hold, resume, a
+        new media address) connect it again: pjsua may rebuild the stream on a new conference
+        slot, which silently drops the bridge, players and taps attached to the old one."""
         leg = self.legs.get(call.leg_sid)
         if leg is None or leg.call is not call:
             return
         info = call.getInfo()
-        for media in info.media:
-            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                leg.media = call.getAudioMedia(media.index)
-                return
+        media: Any = None
+        for item in info.media:
+            if item.type == pj.PJMEDIA_TYPE_AUDIO and item.status in _MEDIA_WITH_PORT:
+                media = call.getAudioMedia(item.index)
+                break
+        leg.media = media
+        if media is not None:
+            self._reconnect(leg)
+
+    def _reconnect(self, leg: _Leg) -> None:
+        """(Re)make every connection of a leg's audio port; connecting twice is harmless."""
+        media = leg.media
+        peer = self.legs.get(leg.peer) if leg.peer else None
+        links: list[tuple[Any, Any]] = []
+        if peer is not None and peer.media is not None:
+            links += [(media, peer.media), (peer.media, media)]
+        links += [(self.plays[p].player, media) for p in leg.plays if p in self.plays]
+        for tap_id in leg.taps:
+            tap = self.taps.get(tap_id)
+            port = tap.ports.get(leg.leg_sid) if tap is not None else None
+            if port is not None:
+                links.append((media, port))
+        for source, sink in links:
+            try:
+                source.startTransmit(sink)
+            except pj.Error as exc:
+                log.warning("reconnect leg=%s failed: %s", leg.leg_sid, exc.info())
 
     def on_incoming(self, account: Any, call_id: int) -> None:
         leg_sid = uuid.uuid4().hex
@@ -531,6 +563,7 @@ class _Worker:
             self._destroy_play(play_id)
         media_a.startTransmit(media_b)
         media_b.startTransmit(media_a)
+        a.peer, b.peer = b.leg_sid, a.leg_sid
 
     def op_play(self, play_id: int, leg_sid: str, pcm: bytes, loop: bool) -> None:
         leg = self._leg(leg_sid)
@@ -618,6 +651,9 @@ class _Worker:
         deadline = time.monotonic() + 1.5
         while self.legs and time.monotonic() < deadline:
             self.ep.libHandleEvents(10)
+        # With every call ended, skip pjsua's own network wind-down: it sleeps a full second
+        # waiting for transactions (and it is that second per worker on every stop/restart).
+        destroy_flags = 0 if self.legs else pj.PJSUA_DESTROY_NO_NETWORK
         for play_id in list(self.plays):
             self._destroy_play(play_id)
         for tap_id in list(self.taps):
@@ -630,7 +666,7 @@ class _Worker:
             self.account.shutdown()
         self.account = None
         gc.collect()
-        self.ep.libDestroy()
+        self.ep.libDestroy(destroy_flags)
         self.ep = None
         gc.collect()
         shutil.rmtree(self.media_dir, ignore_errors=True)
