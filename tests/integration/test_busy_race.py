@@ -111,7 +111,11 @@ async def _end_call_and_wait_free(client: httpx.AsyncClient, servers: list[Serve
 
 async def test_two_processes_admit_exactly_one_call_per_free_agent(servers: list[Server]) -> None:
     await _start(servers)
-    limits = httpx.Limits(max_connections=2 * REQUESTS, max_keepalive_connections=2 * REQUESTS)
+    # Idle connections are dropped before the server's own 5 s keep-alive timeout would close
+    # them under a request the client is sending (which reads as ReadError, not as our answer).
+    limits = httpx.Limits(
+        max_connections=2 * REQUESTS, max_keepalive_connections=2 * REQUESTS, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
         for server in servers:
             # The agent's phone rings until we hang it up, so the call outlives each round.

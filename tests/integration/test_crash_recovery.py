@@ -141,7 +141,8 @@ async def test_killed_process_leaves_no_agent_busy(servers: list[Server]) -> Non
     await victim.wait_ready()
     survivor.start()
     await survivor.wait_ready()
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    limits = httpx.Limits(keepalive_expiry=2.0)  # below the server's 5 s keep-alive timeout
+    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
         for i in LEG1_RINGING:
             await set_phone(client, victim, agent(i), AUTH, outcome="manual")
         for i in (*LEG2_RINGING, *BRIDGED):
