@@ -39,7 +39,7 @@ class _Pending(Generic[J]):
 class BatchWriter:
     """Serialises writes through one task and batches them into shared transactions."""
 
-    def __init__(self, store: Store, *, max_batch: int = 256) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 1024) -> None:
         self._store = store
         self._max_batch = max_batch
         self._kinds: dict[str, BatchApply] = {}
