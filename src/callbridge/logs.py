@@ -48,3 +48,4 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root.setLevel(level.upper())
     # Access logs of uvicorn repeat what our middleware logs, and would log query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

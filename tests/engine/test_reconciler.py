@@ -124,3 +124,29 @@ async def test_ringing_orphan_ends_as_to_leg_no_dial(store: Store, clock: Manual
         assert [leg["status"] for leg in legs["from"]] == ["completed"]
         assert [leg["status"] for leg in legs["to"]] == ["failed"]
         assert details["end_time"] == "2026-01-15 12:00:00+05:30"
+
+
+async def test_a_call_taken_over_by_another_node_is_not_overwritten(
+    store: Store, clock: ManualClock
+) -> None:
+    """If this node stalled past its lease and a survivor ended its call, the late runner's
+    commits must not bring the call back to life."""
+    from sqlalchemy import update
+
+    from callbridge.store.tables import calls
+
+    async with running_app(store, clock) as h:
+        h.phone(CUSTOMER, "manual")
+        r = await h.create_call()
+        sid = r.json()["response"]["call_details"]["sid"]
+        await h.advance(3)
+        async with store.tx() as conn:
+            await conn.execute(
+                update(calls)
+                .where(calls.c.sid == sid)
+                .values(state="terminal", status="to_leg_no_dial")
+            )
+        h.sim.act(CUSTOMER, "answer")
+        await h.advance(5)
+        details = await h.call(sid)
+        assert (details["state"], details["status"]) == ("terminal", "to_leg_no_dial")

@@ -23,9 +23,17 @@ from callbridge.store.repo import Store
 from callbridge.store.writer import BatchWriter
 from callbridge.telephony.base import LegEvent, TelephonyDriver
 
-from .writes import ADMIT, CHANGE, Change, admit_batch, apply_changes
+from .writes import ADMIT, CHANGE, CallTakenOver, Change, admit_batch, apply_changes
 
-__all__ = ["CallEngine", "CallRunner", "Change", "Message", "Shutdown", "TimerFired"]
+__all__ = [
+    "CallEngine",
+    "CallRunner",
+    "CallTakenOver",
+    "Change",
+    "Message",
+    "Shutdown",
+    "TimerFired",
+]
 
 RECENT_CALLS = 20_000
 """Terminal call snapshots kept in memory for fast GETs (terminal calls never change)."""
@@ -93,6 +101,8 @@ class CallRunner:
     async def _run(self) -> None:
         try:
             await self.begin()
+        except CallTakenOver:
+            pass
         except Exception:
             log.exception("call start failed", extra={"call_sid": self.call.sid})
             await self.abort("start failed")
@@ -102,6 +112,8 @@ class CallRunner:
             message = await self._queue.get()
             try:
                 await self.handle(message)
+            except CallTakenOver:
+                break
             except Exception:
                 log.exception("call event failed", extra={"call_sid": self.call.sid})
                 await self.abort("internal error")
@@ -161,7 +173,20 @@ class CallRunner:
 
     async def commit(self, change: Change) -> None:
         self.call = change.call
-        await self.engine.commit(change, self.options, self.tz_name)
+        try:
+            await self.engine.commit(change, self.options, self.tz_name)
+        except CallTakenOver:
+            await self._taken_over()
+            raise
+
+    async def _taken_over(self) -> None:
+        """Another node ended this call while our lease had lapsed: let go of it quietly."""
+        log.warning("call was ended by another node; letting go", extra={"call_sid": self.call.sid})
+        self.finished = True
+        self.cancel_all_timers()
+        for leg_sid in list(self._legs):
+            await self.hangup_quietly(leg_sid)
+        self.engine.forget_snapshot(self.call.sid)
 
 
 class CallEngine:
@@ -234,6 +259,9 @@ class CallEngine:
             return None
         return call
 
+    def forget_snapshot(self, call_sid: str) -> None:
+        self._recent.pop(call_sid, None)
+
     def remember(self, call: Call) -> None:
         self._recent[call.sid] = call
         self._recent.move_to_end(call.sid)
@@ -288,6 +316,8 @@ class CallEngine:
             try:
                 await self.writer.submit(CHANGE, change)
                 break
+            except CallTakenOver:
+                raise
             except Exception:
                 if attempt == PERSIST_ATTEMPTS:
                     raise

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,23 @@ from callbridge.telephony.base import Handle, TelephonyDriver
 logger = logging.getLogger(__name__)
 
 UrlGuard = Callable[[str], Awaitable[object]]
+
+_detached: set[asyncio.Task[Any]] = set()
+
+
+def _detach(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a bounded clean-up after the call without making the call wait for it."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+
+
+def http_twin(ws_url: str) -> str:
+    """`ws(s)://user:pass@host/p?q` → `http(s)://host/p?q`: the URL the http(s) guard checks."""
+    parts = urllib.parse.urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +203,9 @@ class CallMediaSession:
                 for audio in self._audio.values():
                     audio.cancel()
                 if self._stream is not None:
-                    await self._stream.stop("callended", timeout_s=3.0)
+                    # The bot gets its `stop` in the background: a slow bot never holds up
+                    # the call's terminal state (the session bounds its own goodbye).
+                    _detach(self._stream.stop("callended", timeout_s=3.0))
                 for recorder in self._recorders:
                     results.append(await recorder.finish())
         except TimeoutError:
@@ -292,9 +312,7 @@ class CallMediaSession:
         streaming = self._options.streaming
         if streaming is None or self._stream is not None or self._finished:
             return
-        guard = self._services.stream_url_guard or self._services.url_guard
         try:
-            await guard(streaming.url)
             stream = StreamSession(
                 url=streaming.url,
                 call_sid=self._call_sid,
@@ -303,6 +321,7 @@ class CallMediaSession:
                 to_uri=self._to_uri,
                 play=self._play_from_bot,
                 clock=self._clock,
+                resolve=self._stream_addresses,
                 custom_parameters=self._custom,
                 connect_timeout_s=self._services.stream_connect_timeout_s,
                 chunk_ms=self._services.stream_chunk_ms,
@@ -316,6 +335,23 @@ class CallMediaSession:
         self._stream = stream
         stream.start()
         self._taps.append(await self._driver.tap(leg_sids, stream))
+
+    async def _stream_addresses(self) -> Sequence[str]:
+        """Run the SSRF guard on the stream URL (in the stream's own task, off the call's path).
+
+        The http(s) guard checks the same host and port rules as for ws(s), so without a
+        dedicated stream guard the URL is checked as its http(s) twin, without credentials
+        (the guard refuses URLs carrying any; a stream URL may carry Basic credentials)."""
+        streaming = self._options.streaming
+        assert streaming is not None
+        if self._services.stream_url_guard is not None:
+            checked = await self._services.stream_url_guard(streaming.url)
+        else:
+            checked = await self._services.url_guard(http_twin(streaming.url))
+        addresses = getattr(checked, "addresses", None)
+        if isinstance(addresses, tuple | list) and all(isinstance(a, str) for a in addresses):
+            return list(addresses)
+        return []
 
     async def _play_from_bot(self, pcm: bytes) -> Handle:
         """Bot audio goes to the from leg: the caller, who started the stream."""

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callbridge.domain.calls import Call, Leg
+from callbridge.domain.calls import Call, CallState, Leg
 from callbridge.domain.options import CallbackEvent, CallOptions
 from callbridge.domain.presence import DeviceSnapshot, device_refusal
 from callbridge.domain.views import callback_details
@@ -282,8 +282,26 @@ async def _mark_busy_many(
     return {r[0] for r in await conn.execute(statement)}
 
 
-async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> list[None]:
-    """Commit many calls' changes with one statement per table, in the order given."""
+class CallTakenOver(Exception):
+    """The call is already terminal in the database: another node ended it (this node's lease
+    had lapsed). The change is not applied."""
+
+
+async def apply_changes(
+    conn: AsyncConnection, all_changes: Sequence[Change]
+) -> list[CallTakenOver | None]:
+    """Commit many calls' changes with one statement per table, in the order given; a change
+    to a call another node already ended is refused with CallTakenOver."""
+    sids = sorted({c.call.sid for c in all_changes})
+    taken = {
+        r[0]
+        for r in await conn.execute(
+            select(calls.c.sid).where(
+                calls.c.sid.in_(sids), calls.c.state == CallState.TERMINAL.value
+            )
+        )
+    }
+    changes = [c for c in all_changes if c.call.sid not in taken]
     await insert_rows(
         conn, legs, LEG_INSERT_COLUMNS, [leg_insert_row(leg) for c in changes for leg in c.new_legs]
     )
@@ -349,4 +367,4 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[Change]) -> lis
             if c.event is not None and c.options is not None and c.options.status_callbacks
         ],
     )
-    return [None] * len(changes)
+    return [CallTakenOver(c.call.sid) if c.call.sid in taken else None for c in all_changes]
