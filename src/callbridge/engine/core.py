@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.clock import Clock, Timer
 from callbridge.domain.calls import Call, CallState, Leg
@@ -34,6 +36,9 @@ __all__ = [
     "Shutdown",
     "TimerFired",
 ]
+
+TXN = "transaction"
+T = TypeVar("T")
 
 RECENT_CALLS = 20_000
 """Terminal call snapshots kept in memory for fast GETs (terminal calls never change)."""
@@ -222,6 +227,7 @@ class CallEngine:
         self.writer = BatchWriter(store)
         self.writer.register(ADMIT, admit_batch)
         self.writer.register(CHANGE, apply_changes)
+        self.writer.register(TXN, _run_in_order)
 
     async def start(self) -> None:
         self.writer.start()
@@ -258,6 +264,14 @@ class CallEngine:
         if call is None or call.account_sid != account_sid:
             return None
         return call
+
+    async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` inside the writer's next shared transaction (committed when this returns).
+
+        For engine writes that are not a call Change (inbound agent reservations, releases).
+        If `work` raises, its batch is retried job by job, so it fails alone."""
+        result: T = await self.writer.submit(TXN, work)
+        return result
 
     def forget_snapshot(self, call_sid: str) -> None:
         self._recent.pop(call_sid, None)
@@ -345,6 +359,12 @@ class CallEngine:
         if render is None:
             return None
         return lambda rid: render(call.account_sid, rid)
+
+
+async def _run_in_order(
+    conn: AsyncConnection, jobs: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]
+) -> list[Any]:
+    return [await job(conn) for job in jobs]
 
 
 def legs_by_sid(legs: Sequence[Leg]) -> dict[str, Leg]:

@@ -15,6 +15,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from callbridge.domain.calls import Call, CallState, Direction, Leg, LegSide, LegStatus
 from callbridge.domain.flows import FlowDefinition
 from callbridge.domain.options import CallOptions
@@ -150,35 +152,38 @@ class InboundService:
         definition = flow.definition if flow is not None else FlowDefinition()
         options = options_for(definition)
         customer = customer_uri(incoming.from_uri, account.region)
-        async with self.services.store.tx() as conn:
-            call = Call(
-                sid=new_sid(),
-                account_sid=account.sid,
-                direction=Direction.INBOUND,
-                virtual_number=phone.number,
-                from_uri=customer,
-                to_uri=None,
-                state=CallState.ACTIVE,
-                status=None,
-                created_at=now,
-                updated_at=now,
-                start_at=now,
-                app_id=flow.id if flow else None,
-                app_name=flow.name if flow else None,
-            )
+        call = Call(
+            sid=new_sid(),
+            account_sid=account.sid,
+            direction=Direction.INBOUND,
+            virtual_number=phone.number,
+            from_uri=customer,
+            to_uri=None,
+            state=CallState.ACTIVE,
+            status=None,
+            created_at=now,
+            updated_at=now,
+            start_at=now,
+            app_id=flow.id if flow else None,
+            app_name=flow.name if flow else None,
+        )
+        from_leg = Leg(
+            sid=incoming.leg_sid,
+            call_sid=call.sid,
+            side=LegSide.FROM,
+            seq=1,
+            contact_uri=customer,
+            name=None,
+            status=LegStatus.RINGING,
+            created_at=now,
+            updated_at=now,
+        )
+
+        async def write(conn: AsyncConnection) -> None:
             await call_store.insert_call(conn, call, options, engine.node_id)
-            from_leg = Leg(
-                sid=incoming.leg_sid,
-                call_sid=call.sid,
-                side=LegSide.FROM,
-                seq=1,
-                contact_uri=customer,
-                name=None,
-                status=LegStatus.RINGING,
-                created_at=now,
-                updated_at=now,
-            )
             await call_store.insert_leg(conn, from_leg)
+
+        await engine.transaction(write)
         bind = getattr(engine.driver, "bind_call", None)
         if callable(bind):
             bind(incoming.leg_sid, call.sid)

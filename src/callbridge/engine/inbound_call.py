@@ -9,6 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from callbridge.domain.calls import (
     Call,
     CallState,
@@ -21,7 +23,6 @@ from callbridge.domain.calls import (
 from callbridge.domain.flows import FlowDefinition, Strategy
 from callbridge.domain.options import CallbackEvent, CallOptions
 from callbridge.domain.routing import Candidate, DynamicRoute, SkipReason
-from callbridge.store import flows as flow_store
 from callbridge.store.accounts import Account
 from callbridge.telephony.base import DriverError, Handle, LegEvent
 
@@ -198,8 +199,12 @@ class InboundCall(CallRunner):
         cooling = [c.user_id for c in candidates if c.user_id] if cooldown and cooldown_s else []
         if not uris and not cooling:
             return
-        async with self.engine.store.tx() as conn:
-            await release_agents(conn, self.call, uris, cooling, cooldown_s, self.now())
+        call, now = self.call, self.now()
+
+        async def write(conn: AsyncConnection) -> None:
+            await release_agents(conn, call, uris, cooling, cooldown_s, now)
+
+        await self.engine.transaction(write)
 
     async def _digits(self, event: LegEvent) -> None:
         if not event.digits:
@@ -264,9 +269,6 @@ class InboundCall(CallRunner):
                     recordings = tuple(await self.engine.save_recordings(self.call, results))
                 except Exception:
                     log.exception("saving recordings failed", extra={"call_sid": self.call.sid})
-        if self.winner is not None and self.winner.candidate.user_id is not None:
-            async with self.engine.store.tx() as conn:
-                await flow_store.set_last_call_ended(conn, [self.winner.candidate.user_id], now)
         call = self._touch(
             state=CallState.TERMINAL,
             status=status,

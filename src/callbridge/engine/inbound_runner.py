@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from callbridge.domain.calls import (
     LegOutcome,
     LegStatus,
@@ -175,7 +177,15 @@ class InboundRunner(InboundCall):
             first_seq=len(self.attempts) + 1,
             now=self.now(),
         )
-        async with self.engine.store.tx() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
+            if new:
+                # An earlier try failed with its whole batch (rolled back): start over.
+                self.service.claims.release(
+                    self.account.sid,
+                    [a.leg.contact_uri for a in new if a.candidate.state_managed],
+                )
+                new.clear()
             await reserve_agents(
                 conn, self.service.claims, offer, tried=self.tried, skipped=self.skipped, new=new
             )
@@ -186,6 +196,8 @@ class InboundRunner(InboundCall):
                     await call_store.update_leg(conn, self.from_leg)
                 for attempt in new:
                     await call_store.insert_leg(conn, attempt.leg)
+
+        await self.engine.transaction(write)
         if new:
             self._from_dirty = False
 
