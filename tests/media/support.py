@@ -166,7 +166,7 @@ class Bot:
     """A real Exotel-stream bot: a websockets server on 127.0.0.1 that records what it receives."""
 
     def __init__(self, *, reject_first: int = 0) -> None:
-        self.messages: list[dict[str, object]] = []
+        self.messages: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []
         self.connections: list[ServerConnection] = []
         self._reject_first = reject_first
@@ -198,7 +198,7 @@ class Bot:
             self.messages.append(json.loads(raw))
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m.get("event") == name]  # type: ignore[misc]
+        return [m for m in self.messages if m.get("event") == name]
 
     async def send(self, message: dict[str, object]) -> None:
         await self.connections[-1].send(json.dumps(message))

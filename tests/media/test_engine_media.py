@@ -56,7 +56,7 @@ def _session(
         AGENT,
         CUSTOMER,
         options,
-        services,  # type: ignore[arg-type]
+        services,
     )
 
 

@@ -33,6 +33,7 @@ from callbridge.store.tables import recordings
 log = logging.getLogger(__name__)
 
 RETENTION_SWEEP_S = 3600.0
+PURGE_BATCH = 500
 
 
 def build_storage(settings: Settings, client: httpx.AsyncClient) -> RecordingStorage:
@@ -84,20 +85,26 @@ class RecordingService:
                 continue
             recording_id = new_sid()
             await self.storage.save(call.account_sid, recording_id, result.mp3_bytes)
-            async with self.store.tx() as conn:
-                await conn.execute(
-                    insert(recordings).values(
-                        id=recording_id,
-                        account_sid=call.account_sid,
-                        call_sid=call.sid,
-                        storage_key=f"{call.account_sid}/{recording_id}.mp3",
-                        format=result.format.value,
-                        channels="dual" if result.channels == 2 else "single",
-                        duration_s=result.duration_s,
-                        size_bytes=len(result.mp3_bytes),
-                        created_at=now,
+            try:
+                async with self.store.tx() as conn:
+                    await conn.execute(
+                        insert(recordings).values(
+                            id=recording_id,
+                            account_sid=call.account_sid,
+                            call_sid=call.sid,
+                            storage_key=f"{call.account_sid}/{recording_id}.mp3",
+                            format=result.format.value,
+                            channels="dual" if result.channels == 2 else "single",
+                            duration_s=result.duration_s,
+                            size_bytes=len(result.mp3_bytes),
+                            created_at=now,
+                        )
                     )
-                )
+            except BaseException:
+                # No row, no way to find or expire the file: do not leave it behind.
+                with contextlib.suppress(Exception):
+                    await self.storage.delete(call.account_sid, recording_id)
+                raise
             ids.append(recording_id)
         return ids
 
@@ -125,14 +132,34 @@ class RecordingService:
         return verify_link(recording_id, expires_at, signature, self._key, now=time.time())
 
     async def purge(self) -> int:
-        """Delete recordings older than the retention period (0 days keeps everything)."""
+        """Delete recordings older than the retention period (0 days keeps everything).
+
+        Driven by the recordings' rows, whose `created_at` comes from the same clock as the
+        cutoff: each old recording's object is deleted, then its row, in batches. Returns how
+        many recordings were deleted."""
         if self.retention_days <= 0:
             return 0
         cutoff: datetime = self.clock.now() - timedelta(days=self.retention_days)
-        removed = await self.storage.purge_older_than(cutoff)
-        async with self.store.tx() as conn:
-            await conn.execute(delete(recordings).where(recordings.c.created_at < cutoff))
-        return removed
+        removed = 0
+        while True:
+            async with self.store.read() as conn:
+                rows = (
+                    await conn.execute(
+                        select(recordings.c.id, recordings.c.account_sid)
+                        .where(recordings.c.created_at < cutoff)
+                        .limit(PURGE_BATCH)
+                    )
+                ).all()
+            if not rows:
+                return removed
+            for recording_id, account_sid in rows:
+                # A failed delete stops the sweep with the row kept, so it is retried later.
+                await self.storage.delete(account_sid, recording_id)
+            async with self.store.tx() as conn:
+                await conn.execute(
+                    delete(recordings).where(recordings.c.id.in_([row[0] for row in rows]))
+                )
+            removed += len(rows)
 
     def start(self) -> None:
         if self.retention_days > 0 and self._task is None:

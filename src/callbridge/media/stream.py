@@ -17,7 +17,7 @@ import json
 import logging
 import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 PlayFn = Callable[[bytes], Awaitable[Handle]]
 """Plays 8 kHz PCM into the call and returns a handle that stops it."""
+
+ResolveFn = Callable[[], Awaitable[Sequence[str]]]
+"""Checks the stream URL (SSRF guard) and returns the addresses it may connect to; raises to
+refuse it. Runs in the session's background task, so DNS never delays the call."""
 
 ALLOWED_RATES = (8000, 16000, 24000)
 MAX_MARK_NAME = 256
@@ -114,6 +118,7 @@ class StreamSession:
         to_uri: str,
         play: PlayFn,
         clock: Clock,
+        resolve: ResolveFn | None = None,
         custom_parameters: Mapping[str, str] | None = None,
         stream_sid: str | None = None,
         connect_timeout_s: float = 5.0,
@@ -135,6 +140,7 @@ class StreamSession:
         self._custom = dict(custom_parameters or {})
         self._play = play
         self._clock = clock
+        self._resolve = resolve
         self._connect_timeout_s = connect_timeout_s
         self._retry_delay_s = retry_delay_s
         self._max_duration_s = max_duration_s
@@ -246,10 +252,36 @@ class StreamSession:
 
     # -- the connection -----------------------------------------------------------------
 
+    async def _addresses(self) -> list[str] | None:
+        """The checked addresses to dial ([] = the URL's host), or None when refused."""
+        if self._resolve is None:
+            return []
+        try:
+            return list(await self._resolve())
+        except Exception as exc:
+            self.stats.failure = type(exc).__name__
+            logger.warning(
+                "stream URL refused",
+                extra={
+                    "call_sid": self._call_sid,
+                    "url": self.target.redacted,
+                    "error": type(exc).__name__,
+                },
+            )
+            return None
+
     async def _connect(self) -> ClientConnection | None:
+        addresses = await self._addresses()
+        if addresses is None:
+            return None
         headers = {"Authorization": self.target.authorization} if self.target.authorization else {}
         for attempt in (1, 2):
             self.stats.connect_attempts = attempt
+            # Pinned to an address the guard checked (no DNS rebinding); TLS still verifies
+            # the URL's host name.
+            pinned: dict[str, Any] = {}
+            if addresses:
+                pinned["host"] = addresses[(attempt - 1) % len(addresses)]
             try:
                 return await _NoRedirectConnect(
                     self.target.url,
@@ -262,6 +294,7 @@ class StreamSession:
                     ping_interval=20,
                     ping_timeout=20,
                     close_timeout=2,
+                    **pinned,
                 )
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 self.stats.failure = type(exc).__name__
