@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -131,11 +133,18 @@ async def running_app(
     config: str = DEFAULT_CONFIG,
     settings: Settings | None = None,
 ) -> AsyncIterator[Harness]:
-    settings = settings or Settings(allow_private_urls=True, log_level="WARNING")
-    await apply_config(store, parse_config(config), clock)
-    driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
-    app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://callbridge") as client:
-            yield Harness(app.state.services, client, clock)
+    with tempfile.TemporaryDirectory(prefix="callbridge-test-") as data_dir:
+        if settings is None:
+            # Recordings land in a directory of the test's own, never the working directory.
+            settings = Settings(
+                allow_private_urls=True, log_level="WARNING", data_dir=Path(data_dir)
+            )
+        await apply_config(store, parse_config(config), clock)
+        driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
+        app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://callbridge"
+            ) as client:
+                yield Harness(app.state.services, client, clock)

@@ -32,6 +32,7 @@ from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
+from callbridge.api.urls import strip_credentials
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import apply_config, load_config
 from callbridge.domain.calls import Call, Direction
@@ -52,7 +53,7 @@ from callbridge.store.repo import Store
 from callbridge.store.schema import ensure_schema
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
-from callbridge.webhooks.ssrf import PinnedTransport, UrlGuard
+from callbridge.webhooks.ssrf import WS_SCHEMES, PinnedTransport, UrlGuard
 from callbridge.webhooks.worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,16 @@ def create_app(
             link_ttl_s=settings.recording_link_ttl_s,
             retention_days=settings.recordings_retention_days,
         )
+
+        async def check_stream_url(url: str) -> object:
+            return await guard.check(strip_credentials(url), WS_SCHEMES)
+
         media_services = MediaServices.from_settings(
-            settings, http=media_http, url_guard=guard.check, storage=recordings.storage
+            settings,
+            http=media_http,
+            url_guard=guard.check,
+            stream_url_guard=check_stream_url,
+            storage=recordings.storage,
         )
 
         def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:

@@ -188,9 +188,10 @@ class OutboundRunner(CallRunner):
         )
         self.phase = Phase.DIALING_TO
         self.own_leg(self.to_leg.sid)
-        await self.commit(Change(self._touch(), legs=[self.from_leg], new_legs=[self.to_leg]))
+        # Media first: its hooks return at once, and audio must not wait for the database.
         if self.media is not None:
             await self.media.from_leg_answered(self.from_leg.sid)
+        await self.commit(Change(self._touch(), legs=[self.from_leg], new_legs=[self.to_leg]))
         if not await self._dial(self.to_leg):
             self.disown_leg(self.to_leg.sid)
             await self.hangup_quietly(self.from_leg.sid)
@@ -216,11 +217,12 @@ class OutboundRunner(CallRunner):
         self.bridged_at = self.clock.monotonic()
         self.to_leg = set_leg_status(self.to_leg, LegStatus.IN_PROGRESS, now, answered_at=now)
         self.start_timer("max_time", self.options.max_time_limit_s)
+        # Recording starts with the talk time, not after the database write.
+        if self.media is not None:
+            await self.media.bridged(self.from_leg.sid, self.to_leg.sid)
         await self.commit(
             Change(self._touch(talk_time_s=0.0), legs=[self.to_leg], event=CallbackEvent.ANSWERED)
         )
-        if self.media is not None:
-            await self.media.bridged(self.from_leg.sid, self.to_leg.sid)
 
     async def _digits(self, event: LegEvent) -> None:
         if not event.digits:
