@@ -496,3 +496,34 @@ async def test_bridge_and_recording_survive_the_agent_putting_the_call_on_hold_a
     assert near(dominant_frequency(right[window]), AGENT_HZ)  # the agent's tone, echoed
     assert power_at(right[window], AGENT_HZ) > 0.1 * power_at(left[window], AGENT_HZ)
     assert await wait_sipp(agent, customer) == [0, 0]
+
+
+async def test_streaming_sends_both_parties_audio_to_the_bot(
+    app: SipApp, sipp: Callable[..., Sipp]
+) -> None:
+    """The SIP driver's taps feed the same Exotel stream client as the simulated carrier."""
+    import base64
+
+    from tests.media.support import Bot
+
+    agent = sipp("uas_answer_tone.xml", tone_hz=AGENT_HZ, pause_ms=100)
+    customer = sipp("uas_answer_tone_then_bye.xml", tone_hz=CUSTOMER_HZ, pause_ms=2500)
+    async with Bot() as bot:
+        sid = await app.create_call(
+            uri(agent, "agent"),
+            uri(customer, "customer"),
+            streaming={"url": f"ws://127.0.0.1:{bot.port}/bot", "begin": "to_leg_connect"},
+        )
+        details = await ended(app, sid)
+        assert details["status"] == "completed"
+        await until(lambda: bool(bot.events("stop")), timeout_s=10)
+    assert [m["event"] for m in bot.messages[:2]] == ["connected", "start"]
+    start = bot.events("start")[0]
+    assert start["start"]["call_sid"] == sid
+    media = bot.events("media")
+    pcm = b"".join(base64.b64decode(m["media"]["payload"]) for m in media)
+    assert all(len(base64.b64decode(m["media"]["payload"])) % 320 == 0 for m in media)
+    assert 1.5 <= len(pcm) / 16000 <= 3.5  # about the 2.5 s of talk, 8 kHz 16-bit
+    agent_power, customer_power = power_at(pcm, AGENT_HZ), power_at(pcm, CUSTOMER_HZ)
+    assert agent_power > 0.1 * customer_power and customer_power > 0.1 * agent_power
+    assert bot.events("stop")[0]["stop"]["reason"] == "callended"
