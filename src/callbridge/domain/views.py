@@ -20,9 +20,8 @@ def format_time(at: datetime | None, tz_name: str) -> str | None:
     """Exotel's `YYYY-MM-DD HH:mm:ss+05:30` in the account's timezone."""
     if at is None:
         return None
-    local = at.astimezone(zone(tz_name))
-    offset = local.strftime("%z")
-    return local.strftime("%Y-%m-%d %H:%M:%S") + f"{offset[:3]}:{offset[3:]}"
+    # isoformat(" ", "seconds") is exactly this shape, offset included ("+05:30", "-04:00").
+    return at.astimezone(zone(tz_name)).isoformat(" ", "seconds")
 
 
 def legs_path(account_sid: str, call_sid: str) -> str:
