@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -156,13 +155,6 @@ async def get_legs(conn: AsyncConnection, call_sid: str) -> list[Leg]:
     return [leg_from_row(r) for r in rows]
 
 
-async def active_calls_owned_by(conn: AsyncConnection, owners: Sequence[str]) -> list[Call]:
-    rows = await conn.execute(
-        select(calls).where(calls.c.state == CallState.ACTIVE.value, calls.c.owner_node.in_(owners))
-    )
-    return [call_from_row(r) for r in rows]
-
-
 async def active_calls_without_live_owner(
     conn: AsyncConnection, live_nodes: Sequence[str]
 ) -> list[tuple[Call, str | None]]:
@@ -184,9 +176,3 @@ async def list_calls(
         query = query.where(calls.c.state == CallState.ACTIVE.value)
     rows = await conn.execute(query.order_by(calls.c.created_at.desc()).limit(limit))
     return [call_from_row(r) for r in rows]
-
-
-def touch(call: Call, now: datetime, **changes: Any) -> Call:
-    from dataclasses import replace
-
-    return replace(call, updated_at=now, **changes)
