@@ -25,6 +25,7 @@ from callbridge.errors import CallbridgeError, DeviceBusy, VirtualNumberNotFound
 from callbridge.store import outbox as outbox_store
 from callbridge.store import users as user_store
 from callbridge.store.bulk import insert_rows, sqlite_datetime, update_rows
+from callbridge.store.calls import call_values, leg_values
 from callbridge.store.tables import busy_marks, calls, devices, exophones, legs, users
 
 ADMIT = "admit"
@@ -209,26 +210,15 @@ LEG_INSERT_COLUMNS = (
 
 
 def call_update_row(call: Call) -> tuple[Any, ...]:
-    """CALL_UPDATE_COLUMNS values, then the sid."""
-    return (
-        call.state.value,
-        call.status.value if call.status else None,
-        call.updated_at,
-        call.start_at,
-        call.end_at,
-        call.talk_time_s,
-        call.digits,
-        list(call.recordings) or None,
-        call.app_id,
-        call.app_name,
-        call.to_uri,
-        call.sid,
-    )
+    """CALL_UPDATE_COLUMNS values (as `store.calls.call_values` gives them), then the sid."""
+    values = call_values(call)
+    return (*(values[c] for c in CALL_UPDATE_COLUMNS), call.sid)
 
 
 def leg_update_row(leg: Leg) -> tuple[Any, ...]:
-    """LEG_UPDATE_COLUMNS values, then the sid."""
-    return (leg.status.value, leg.updated_at, leg.answered_at, leg.ended_at, leg.name, leg.sid)
+    """LEG_UPDATE_COLUMNS values (as `store.calls.leg_values` gives them), then the sid."""
+    values = leg_values(leg)
+    return (*(values[c] for c in LEG_UPDATE_COLUMNS), leg.sid)
 
 
 def leg_insert_row(leg: Leg) -> tuple[Any, ...]:
