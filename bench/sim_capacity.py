@@ -117,6 +117,7 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
             )
 
         started = time.perf_counter()
+        cpu_started, main_started = time.process_time(), time.thread_time()
         batch = 250
         for first in range(0, calls, batch):
             await asyncio.gather(*(place(i) for i in range(first, min(calls, first + batch))))
@@ -125,10 +126,16 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
         while bridged(engine) < calls and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.25)
         ramp_s = time.perf_counter() - started
+        ramp_cpu_us = (time.process_time() - cpu_started) / calls * 1e6
+        ramp_main_us = (time.thread_time() - main_started) / calls * 1e6
         held = bridged(engine)
         print(
             f"ramp: {calls} calls admitted in {admitted_s:.1f} s "
             f"({calls / admitted_s:.0f}/s); {held} bridged after {ramp_s:.1f} s"
+        )
+        print(
+            "ramp CPU per call (admit, ring, answer, dial, ring, bridge): "
+            f"{ramp_main_us:.0f} us on the event loop, {ramp_cpu_us:.0f} us in all threads"
         )
 
         sim.timer_lateness_s = []
