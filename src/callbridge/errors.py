@@ -115,10 +115,6 @@ class PayloadTooLarge(CallbridgeError):
     http_status, code, description = 413, 413, "Request body too large"
 
 
-class UnsupportedMediaType(CallbridgeError):
-    http_status, code, description = 415, 415, "Content-Type must be application/json"
-
-
 class TooManyRequests(CallbridgeError):
     http_status, code, description = 429, 10724, "Too many requests"
 

@@ -298,3 +298,10 @@ async def test_internal_errors_are_500_1100_without_internals(
         monkeypatch.undo()
         # Nothing was left half-done: the agent's busy mark was rolled back with the call.
         assert (await h.client.post(URL, json=body(), headers=h.auth)).status_code == 200
+
+
+async def test_missing_account_sid_is_400_1001(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        for path in ("/v3/accounts//calls", "/v3/accounts/calls"):
+            r = await h.client.post(path, json=body(), headers=h.auth)
+            assert error_of(r)[:2] == (400, 1001)

@@ -14,6 +14,7 @@ from callbridge.api.urls import check_call_urls
 from callbridge.domain.views import call_details, leg_details
 from callbridge.engine.admission import ClickToCall, admit_click_to_call
 from callbridge.errors import (
+    AccountSidMissing,
     CallbridgeError,
     CallNotFound,
     LegsCallNotFound,
@@ -147,3 +148,9 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ValidationFailed(f"{name} must be between {low} and {high}")
     return value
+
+
+@router.api_route("/v3/accounts//calls", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route("/v3/accounts/calls", methods=["GET", "POST"], include_in_schema=False)
+async def calls_without_account(request: Request) -> Response:
+    raise AccountSidMissing("the path must name the account: /v3/accounts/{account_sid}/calls")

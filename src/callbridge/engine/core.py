@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.clock import Clock, Timer
-from callbridge.domain.calls import Call, CallState, Leg
+from callbridge.domain.calls import Call, CallState
 from callbridge.domain.options import CallOptions
 from callbridge.store.repo import Store
 from callbridge.store.writer import BatchWriter
@@ -365,7 +365,3 @@ async def _run_in_order(
     conn: AsyncConnection, jobs: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]
 ) -> list[Any]:
     return [await job(conn) for job in jobs]
-
-
-def legs_by_sid(legs: Sequence[Leg]) -> dict[str, Leg]:
-    return {leg.sid: leg for leg in legs}

@@ -60,18 +60,6 @@ async def release_call_marks(conn: AsyncConnection, call_sid: str) -> list[tuple
     return [(r[0], r[1]) for r in rows]
 
 
-async def release_mark(
-    conn: AsyncConnection, account_sid: str, contact_uri: str, call_sid: str
-) -> None:
-    await conn.execute(
-        delete(busy_marks).where(
-            busy_marks.c.account_sid == account_sid,
-            busy_marks.c.contact_uri == contact_uri,
-            busy_marks.c.call_sid == call_sid,
-        )
-    )
-
-
 async def busy_uris(conn: AsyncConnection, account_sid: str, uris: Sequence[str]) -> dict[str, str]:
     """Which of `uris` are busy now, mapped to the call that holds them."""
     if not uris:
