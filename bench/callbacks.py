@@ -271,7 +271,7 @@ async def _wait_drained(engine: Any, timeout_s: float = 300.0) -> None:
 
 
 async def _pending(engine: Any) -> int:
-    from callbridge.store.outbox import count_by_status
+    from callbridge.store.outbox_log import count_by_status
 
     async with engine.connect() as conn:
         return (await count_by_status(conn))["pending"]

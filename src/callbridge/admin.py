@@ -12,7 +12,7 @@ import sys
 from callbridge.clock import SystemClock
 from callbridge.engine.reconciler import new_node_id
 from callbridge.settings import Settings
-from callbridge.store import outbox as outbox_store
+from callbridge.store import outbox_log
 from callbridge.store.repo import Store
 from callbridge.store.schema import ensure_schema
 from callbridge.webhooks import secrets as secret_store
@@ -82,7 +82,7 @@ async def _webhook_secret(store: Store, account_sid: str, *, rotate: bool) -> in
 
 async def _replay(store: Store, account_sid: str, delivery_id: int) -> int:
     async with store.tx() as conn:
-        row = await outbox_store.replay(conn, account_sid, delivery_id, SystemClock().now())
+        row = await outbox_log.replay(conn, account_sid, delivery_id, SystemClock().now())
     if row is None:
         sys.stderr.write(f"callbridge: delivery {delivery_id} not found in {account_sid}\n")
         return 1

@@ -11,24 +11,18 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callbridge.domain.options import CallbackEvent, CallbackMethod, StatusCallback
-from callbridge.store.outbox import (
-    GONE_FOLLOWER_ERROR,
+from callbridge.store.outbox import GONE_FOLLOWER_ERROR, OutboxRow, OutboxStatus, enqueue_events
+from callbridge.store.outbox_delivery import (
     Action,
     AttemptOutcome,
-    OutboxRow,
-    OutboxStatus,
     claim_due,
-    count_by_status,
-    enqueue_events,
-    get_delivery,
-    list_deliveries,
     mark_dead,
     mark_delivered,
     record_attempt,
     record_outcomes,
-    replay,
     reschedule,
 )
+from callbridge.store.outbox_log import count_by_status, get_delivery, list_deliveries, replay
 from callbridge.store.tables import outbox
 
 T0 = datetime(2026, 1, 15, 6, 30, tzinfo=UTC)

@@ -20,13 +20,8 @@ from callbridge.domain.options import (
     StatusCallback,
 )
 from callbridge.settings import Settings
-from callbridge.store.outbox import (
-    DeliveryRecord,
-    OutboxStatus,
-    enqueue_events,
-    list_deliveries,
-    replay,
-)
+from callbridge.store.outbox import DeliveryRecord, OutboxStatus, enqueue_events
+from callbridge.store.outbox_log import list_deliveries, replay
 from callbridge.store.tables import outbox
 from callbridge.webhooks.schedule import RETRY_DELAYS_S
 from callbridge.webhooks.secrets import make_secret_lookup, rotate_secret

@@ -13,7 +13,7 @@ from callbridge.api.services import api_account, request_id, services
 from callbridge.domain.views import format_time
 from callbridge.errors import CallNotFound, NotFound
 from callbridge.store import calls as call_store
-from callbridge.store import outbox as outbox_store
+from callbridge.store import outbox_log
 from callbridge.store.outbox import DeliveryRecord
 from callbridge.webhooks import secrets as secret_store
 from callbridge.webhooks.worker import DeliveryWorker
@@ -59,7 +59,7 @@ async def list_callbacks(request: Request, account_sid: str, call_sid: str) -> R
     async with svc.store.read() as conn:
         if await call_store.get_call(conn, account.sid, call_sid) is None:
             raise CallNotFound(f"call {call_sid[:64]} not found")
-        records = await outbox_store.list_deliveries(conn, account.sid, call_sid)
+        records = await outbox_log.list_deliveries(conn, account.sid, call_sid)
     views = [delivery_view(r, account.timezone) for r in records]
     return success(
         request_id(request),
@@ -78,11 +78,11 @@ async def replay_callback(
     if not delivery_id.isdigit():
         raise NotFound("callback delivery not found")
     async with svc.store.tx() as conn:
-        record = await outbox_store.get_delivery(conn, account.sid, int(delivery_id))
+        record = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
         if record is None or record.row.call_sid != call_sid:
             raise NotFound("callback delivery not found")
-        await outbox_store.replay(conn, account.sid, int(delivery_id), svc.clock.now())
-        replayed = await outbox_store.get_delivery(conn, account.sid, int(delivery_id))
+        await outbox_log.replay(conn, account.sid, int(delivery_id), svc.clock.now())
+        replayed = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
     worker: DeliveryWorker | None = svc.extras.get("worker")
     if worker is not None:
         worker.wake()

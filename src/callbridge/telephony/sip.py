@@ -1,8 +1,6 @@
-"""The real SIP driver: a supervised pool of pjsua2 media worker processes behind the
-`TelephonyDriver` protocol, dispatching each call's legs to one worker.
+"""The real SIP driver: the `TelephonyDriver` protocol over a pool of pjsua2 media worker
+processes (`sip_pool.py`), dispatching each call's legs to one worker.
 
-Each worker (`sip_worker.py`) owns one Endpoint on `sip_port + index` and its own slice of
-the RTP range; its call capacity is what the pjsua build reports (4 with the PyPI wheel).
 All legs of a call live on one worker so they can be bridged: a leg is placed on the worker
 already holding a leg of the same `call_sid`. A worker that dies has its legs reported as
 `failed` (not yet answered) or `hangup` (answered) and is replaced.
@@ -16,19 +14,10 @@ Inbound calls: register `set_incoming_handler(cb)`; an INVITE to any worker ring
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from callbridge.clock import Clock, SystemClock
 from callbridge.settings import Settings
@@ -45,6 +34,7 @@ from callbridge.telephony.base import (
     LegEventKind,
     UnknownLeg,
 )
+from callbridge.telephony.sip_pool import WorkerHandle, WorkerPool
 from callbridge.telephony.sip_uri import (
     SipTargetError,
     Trunk,
@@ -52,9 +42,6 @@ from callbridge.telephony.sip_uri import (
     contact_from_header,
     dial_target,
 )
-
-if TYPE_CHECKING:
-    from callbridge.telephony.sip_worker import WorkerConfig
 
 log = logging.getLogger("callbridge.sip")
 
@@ -67,8 +54,6 @@ _TERMINAL = frozenset(
         LegEventKind.HANGUP,
     }
 )
-_RESERVED_PER_CALL = 2
-"""Slots a call keeps on its worker from its first leg, so its second leg always fits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,44 +71,12 @@ class IncomingCall(base.IncomingCall):
 @dataclass(eq=False)
 class _LegRef:
     leg_sid: str
-    worker: _WorkerHandle
+    worker: WorkerHandle
     key: str
     incoming: bool
     answered: bool = False
     terminal: bool = False
     hung_up_by_engine: bool = False
-
-
-@dataclass(eq=False)
-class _WorkerHandle:
-    index: int
-    config: WorkerConfig
-    generation: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    conn: Connection | None = None
-    max_calls: int = 0
-    alive: bool = False
-    started_at: float = 0.0
-    restart_delay_s: float = 0.5
-    ready: asyncio.Future[int] | None = None
-    legs: set[str] = field(default_factory=set)
-    groups: dict[str, set[str]] = field(default_factory=dict)
-    pending: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
-    sender: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sip-send")
-    )
-
-    def free_slots(self) -> int:
-        if not self.alive:
-            return 0
-        reserved = sum(max(_RESERVED_PER_CALL, len(legs)) for legs in self.groups.values())
-        return self.max_calls - max(reserved, len(self.legs))
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        conn = self.conn
-        if conn is None:
-            raise OSError("worker pipe closed")
-        conn.send(message)
 
 
 class _StopHandle:
@@ -153,10 +106,15 @@ class SipDriver:
     ) -> None:
         self._settings = settings
         self._clock: Clock = clock or SystemClock()
-        self._worker_count = workers or settings.sip_workers
-        self._start_timeout_s = start_timeout_s
-        self._request_timeout_s = request_timeout_s
-        self._pj_log_level = pj_log_level
+        self._pool = WorkerPool(
+            settings,
+            workers=workers or settings.sip_workers,
+            start_timeout_s=start_timeout_s,
+            request_timeout_s=request_timeout_s,
+            pj_log_level=pj_log_level,
+            on_message=self._on_message,
+            on_exit=self._on_worker_exit,
+        )
         self._trunk = Trunk(
             host=settings.sip_trunk_host,
             port=settings.sip_trunk_port,
@@ -164,179 +122,44 @@ class SipDriver:
             number_format=settings.sip_trunk_number_format,
         )
         self._caller_domain = settings.sip_trunk_host or settings.sip_bind_host
-        self._workers: list[_WorkerHandle] = []
         self._legs: dict[str, _LegRef] = {}
-        self._calls: dict[str, _WorkerHandle] = {}
+        self._calls: dict[str, WorkerHandle] = {}
         self._taps: dict[int, AudioConsumer] = {}
-        self._ids = itertools.count(1)
         self._sink: EventSink | None = None
         self._incoming: IncomingHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._running = False
-        self._restarts: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:
-        if self._running:
+        if self._pool.running:
             raise DriverError("SIP driver already started")
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        self._workers = [
-            _WorkerHandle(index, self._worker_config(index)) for index in range(self._worker_count)
-        ]
-        self._running = True
-        results = await asyncio.gather(
-            *(self._spawn(worker) for worker in self._workers), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            await self.stop()
-            raise DriverError(f"SIP workers failed to start: {failures[0]}")
+        try:
+            await self._pool.start()
+        except DriverError:
+            self._forget_legs()
+            raise
         log.info(
             "sip driver started workers=%d capacity=%d base_port=%d",
-            len(self._workers),
+            len(self._pool.workers),
             self.capacity(),
             self._settings.sip_port,
         )
 
     async def stop(self) -> None:
-        self._running = False
-        for task in list(self._restarts):
-            task.cancel()
-        for worker in self._workers:
-            if worker.alive:
-                self._post(worker, "shutdown")
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(None, self._reap, worker) for worker in self._workers)
-        )
-        for worker in self._workers:
-            worker.alive = False
-            self._fail_pending(worker, "SIP driver stopped")
-            worker.sender.shutdown(wait=False)
+        await self._pool.stop()
+        self._forget_legs()
+
+    def _forget_legs(self) -> None:
         self._legs.clear()
         self._calls.clear()
         self._taps.clear()
 
-    @staticmethod
-    def _popen(child_fd: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "callbridge.telephony.sip_worker", str(child_fd)],
-            pass_fds=(child_fd,),
-            stdin=subprocess.DEVNULL,
-        )
-
-    def _reap(self, worker: _WorkerHandle) -> None:
-        process = worker.process
-        if process is None:
-            return
-        try:
-            process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            log.warning("sip worker %d did not stop; killing pid=%s", worker.index, process.pid)
-            process.kill()
-            process.wait(timeout=2.0)
-        if worker.conn is not None:
-            worker.conn.close()
-            worker.conn = None
-
-    def _worker_config(self, index: int) -> WorkerConfig:
-        from callbridge.telephony.sip_worker import WorkerConfig
-
-        s = self._settings
-        span = (s.sip_rtp_port_max - s.sip_rtp_port_min + 1) // self._worker_count
-        span -= span % 2
-        if span < 8:
-            raise DriverError("RTP port range too small for the number of SIP workers")
-        password = s.sip_trunk_password.get_secret_value() if s.sip_trunk_password else None
-        return WorkerConfig(
-            index=index,
-            bind_host=s.sip_bind_host,
-            sip_port=s.sip_port + index,
-            rtp_port_min=s.sip_rtp_port_min + index * span,
-            rtp_port_count=span,
-            tcp=s.sip_trunk_transport == "tcp",
-            outbound_proxy=s.sip_outbound_proxy,
-            username=s.sip_trunk_username,
-            password=password,
-            log_level=s.log_level.upper(),
-            pj_log_level=self._pj_log_level,
-        )
-
-    async def _spawn(self, worker: _WorkerHandle) -> None:
-        loop = asyncio.get_running_loop()
-        parent_sock, child_sock = socket.socketpair()
-        try:
-            process = await loop.run_in_executor(None, self._popen, child_sock.fileno())
-        finally:
-            child_sock.close()
-        parent_conn = Connection(parent_sock.detach())
-        try:
-            await loop.run_in_executor(worker.sender, parent_conn.send, worker.config)
-        except OSError as exc:
-            process.kill()
-            raise DriverError(f"SIP worker {worker.index} did not take its config") from exc
-        worker.generation += 1
-        worker.process = process
-        worker.conn = parent_conn
-        worker.started_at = time.monotonic()
-        worker.ready = loop.create_future()
-        threading.Thread(
-            target=self._read_loop,
-            args=(loop, worker, parent_conn, worker.generation, process),
-            name=f"sip-read-{worker.index}",
-            daemon=True,
-        ).start()
-        try:
-            worker.max_calls = await asyncio.wait_for(worker.ready, self._start_timeout_s)
-        except TimeoutError as exc:
-            raise DriverError(f"SIP worker {worker.index} did not become ready") from exc
-        worker.alive = True
-        log.info(
-            "sip worker %d up pid=%s port=%d max_calls=%d",
-            worker.index,
-            process.pid,
-            worker.config.sip_port,
-            worker.max_calls,
-        )
-
-    def _read_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        worker: _WorkerHandle,
-        conn: Connection,
-        generation: int,
-        process: subprocess.Popen[bytes],
-    ) -> None:
-        while True:
-            try:
-                batch = conn.recv()
-            except (EOFError, OSError):
-                break
-            try:
-                loop.call_soon_threadsafe(self._on_batch, worker, generation, batch)
-            except RuntimeError:
-                return
-        # The pipe closes as the process ends: reap it so the log shows how it died
-        # (e.g. -11 for a segfault, -6 for a pjlib assertion).
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=1.0)
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._on_exit, worker, generation)
-
     # --- worker messages (event loop) --------------------------------------------------------
 
-    def _on_batch(self, worker: _WorkerHandle, generation: int, batch: list[Any]) -> None:
-        if generation != worker.generation:
-            return
-        for message in batch:
-            try:
-                self._on_message(worker, message)
-            except Exception:
-                log.exception("sip worker %d message %s failed", worker.index, message[0])
-
-    def _on_message(self, worker: _WorkerHandle, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "audio":
             _, tap_id, leg_sid, frame = message
@@ -348,20 +171,8 @@ class SipDriver:
             self._on_leg_event(leg_sid, LegEventKind(event_kind), reason, digits)
         elif kind == "gone":
             self._drop_leg(message[1])
-        elif kind == "reply":
-            _, req_id, error = message
-            future = worker.pending.pop(req_id, None)
-            if future is not None and not future.done():
-                future.set_result(error)
         elif kind == "incoming":
             self._on_incoming(worker, message[1], message[2], message[3])
-        elif kind == "ready":
-            if worker.ready is not None and not worker.ready.done():
-                worker.ready.set_result(int(message[1]))
-        elif kind == "fatal":
-            log.error("sip worker %d failed to start: %s", worker.index, message[1])
-            if worker.ready is not None and not worker.ready.done():
-                worker.ready.set_exception(DriverError(str(message[1])))
 
     def _on_leg_event(
         self, leg_sid: str, kind: LegEventKind, reason: str | None, digits: str | None
@@ -376,7 +187,7 @@ class SipDriver:
         log.info("sip leg=%s event=%s reason=%s", leg_sid, kind.value, reason)
         self._deliver(LegEvent(leg_sid, kind, self._clock.monotonic(), digits, reason))
 
-    def _on_incoming(self, worker: _WorkerHandle, leg_sid: str, sip_from: str, sip_to: str) -> None:
+    def _on_incoming(self, worker: WorkerHandle, leg_sid: str, sip_from: str, sip_to: str) -> None:
         ref = _LegRef(leg_sid, worker, key=leg_sid, incoming=True)
         self._register(ref)
         call = IncomingCall(
@@ -388,25 +199,19 @@ class SipDriver:
         )
         log.info("sip incoming leg=%s worker=%d", leg_sid, worker.index)
         handler = self._incoming
-        if handler is None or not self._running:
+        if handler is None or not self._pool.running:
             ref.hung_up_by_engine = True
-            self._post(worker, "hangup", leg_sid)
+            self._pool.post(worker, "hangup", leg_sid)
             return
         try:
             handler(call)
         except Exception:
             log.exception("incoming handler failed leg=%s", leg_sid)
             ref.hung_up_by_engine = True
-            self._post(worker, "hangup", leg_sid)
+            self._pool.post(worker, "hangup", leg_sid)
 
-    def _on_exit(self, worker: _WorkerHandle, generation: int) -> None:
-        if generation != worker.generation:
-            return
-        was_alive = worker.alive
-        worker.alive = False
-        if worker.ready is not None and not worker.ready.done():
-            worker.ready.set_exception(DriverError(f"SIP worker {worker.index} exited"))
-        self._fail_pending(worker, f"SIP worker {worker.index} exited")
+    def _on_worker_exit(self, worker: WorkerHandle) -> None:
+        """Report the dead worker's legs as `failed` (not yet answered) or `hangup` (answered)."""
         now = self._clock.monotonic()
         for leg_sid in list(worker.legs):
             ref = self._legs.get(leg_sid)
@@ -418,42 +223,6 @@ class SipDriver:
         for key in [k for k, w in self._calls.items() if w is worker]:
             del self._calls[key]
         worker.groups.clear()
-        if not (self._running and was_alive):
-            return
-        process = worker.process
-        log.error(
-            "sip worker %d died pid=%s exitcode=%s; replacing",
-            worker.index,
-            process.pid if process else None,
-            process.poll() if process else None,
-        )
-        if time.monotonic() - worker.started_at < 5.0:
-            worker.restart_delay_s = min(worker.restart_delay_s * 2, 10.0)
-        else:
-            worker.restart_delay_s = 0.5
-        task = asyncio.get_running_loop().create_task(self._respawn(worker))
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
-
-    async def _respawn(self, worker: _WorkerHandle) -> None:
-        await asyncio.sleep(worker.restart_delay_s)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._reap, worker)
-        while self._running:
-            try:
-                await self._spawn(worker)
-                return
-            except DriverError as exc:
-                log.error("sip worker %d restart failed: %s", worker.index, exc)
-                await loop.run_in_executor(None, self._reap, worker)
-                worker.restart_delay_s = min(worker.restart_delay_s * 2, 10.0)
-                await asyncio.sleep(worker.restart_delay_s)
-
-    def _fail_pending(self, worker: _WorkerHandle, reason: str) -> None:
-        for future in worker.pending.values():
-            if not future.done():
-                future.set_result(reason)
-        worker.pending.clear()
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -485,13 +254,13 @@ class SipDriver:
         except Exception:
             log.exception("event sink failed leg=%s", event.leg_sid)
 
-    def _pick_worker(self, call_sid: str) -> _WorkerHandle:
+    def _pick_worker(self, call_sid: str) -> WorkerHandle:
         pinned = self._calls.get(call_sid)
         if pinned is not None:
             if not pinned.alive or len(pinned.legs) >= pinned.max_calls:
                 raise CapacityExhausted(f"SIP worker {pinned.index} holding call is full")
             return pinned
-        candidates = [w for w in self._workers if w.alive and w.free_slots() > 0]
+        candidates = [w for w in self._pool.workers if w.alive and w.free_slots() > 0]
         if not candidates:
             raise CapacityExhausted("all SIP workers are busy")
         return max(candidates, key=lambda w: (w.free_slots(), -w.index))
@@ -502,46 +271,13 @@ class SipDriver:
             raise UnknownLeg(leg_sid)
         return ref
 
-    async def _request(self, worker: _WorkerHandle, op: str, *args: Any) -> None:
-        if not worker.alive:
-            raise DriverError(f"SIP worker {worker.index} is not running")
-        loop = asyncio.get_running_loop()
-        req_id = next(self._ids)
-        future: asyncio.Future[str | None] = loop.create_future()
-        worker.pending[req_id] = future
-        try:
-            await loop.run_in_executor(worker.sender, worker.send, (req_id, op, args))
-            error = await asyncio.wait_for(future, self._request_timeout_s)
-        except (OSError, ValueError) as exc:
-            raise DriverError(f"SIP worker {worker.index} unreachable: {exc}") from exc
-        except TimeoutError as exc:
-            raise DriverError(f"SIP worker {worker.index} did not answer {op}") from exc
-        finally:
-            worker.pending.pop(req_id, None)
-        if error is not None:
-            raise DriverError(error)
-
-    def _post(self, worker: _WorkerHandle, op: str, *args: Any) -> None:
-        """Send without waiting for the reply (used from sync `Handle.stop`)."""
-        if not worker.alive:
-            return
-
-        def send() -> None:
-            try:
-                worker.send((0, op, args))
-            except (OSError, ValueError) as exc:
-                log.debug("sip worker %d post %s failed: %s", worker.index, op, exc)
-
-        with contextlib.suppress(RuntimeError):
-            worker.sender.submit(send)
-
     # --- TelephonyDriver ---------------------------------------------------------------------
 
     def capacity(self) -> int | None:
-        return sum(max(0, w.free_slots()) for w in self._workers)
+        return sum(max(0, w.free_slots()) for w in self._pool.workers)
 
     async def dial(self, request: DialRequest) -> None:
-        if not self._running:
+        if not self._pool.running:
             raise DriverError("SIP driver is not running")
         if request.leg_sid in self._legs:
             raise DriverError(f"leg {request.leg_sid} already exists")
@@ -561,7 +297,7 @@ class SipDriver:
             "sip dial leg=%s call=%s worker=%d", request.leg_sid, request.call_sid, worker.index
         )
         try:
-            await self._request(
+            await self._pool.request(
                 worker, "dial", request.leg_sid, target, from_uri, request.ring_timeout_s
             )
         except DriverError as exc:
@@ -581,7 +317,7 @@ class SipDriver:
             return
         ref.hung_up_by_engine = True
         try:
-            await self._request(ref.worker, "hangup", leg_sid)
+            await self._pool.request(ref.worker, "hangup", leg_sid)
         except DriverError as exc:
             log.warning("sip hangup leg=%s: %s", leg_sid, exc)
 
@@ -589,32 +325,32 @@ class SipDriver:
         a, b = self._ref(leg_a), self._ref(leg_b)
         if a.worker is not b.worker:
             raise DriverError("legs are on different SIP workers; dial with the same call_sid")
-        await self._request(a.worker, "bridge", leg_a, leg_b)
+        await self._pool.request(a.worker, "bridge", leg_a, leg_b)
 
     async def play(self, leg_sid: str, pcm: bytes, *, loop: bool = False) -> Handle:
         ref = self._ref(leg_sid)
-        worker, play_id = ref.worker, next(self._ids)
-        await self._request(worker, "play", play_id, leg_sid, bytes(pcm), loop)
-        return _StopHandle(lambda: self._post(worker, "stop_play", play_id))
+        worker, play_id = ref.worker, self._pool.next_id()
+        await self._pool.request(worker, "play", play_id, leg_sid, bytes(pcm), loop)
+        return _StopHandle(lambda: self._pool.post(worker, "stop_play", play_id))
 
     async def tap(self, leg_sids: Sequence[str], consumer: AudioConsumer) -> Handle:
-        by_worker: dict[int, tuple[_WorkerHandle, list[str]]] = {}
+        by_worker: dict[int, tuple[WorkerHandle, list[str]]] = {}
         for leg_sid in leg_sids:
             ref = self._ref(leg_sid)
             by_worker.setdefault(ref.worker.index, (ref.worker, []))[1].append(leg_sid)
-        started: list[tuple[_WorkerHandle, int]] = []
+        started: list[tuple[WorkerHandle, int]] = []
 
         def stop() -> None:
             for worker, tap_id in started:
                 self._taps.pop(tap_id, None)
-                self._post(worker, "stop_tap", tap_id)
+                self._pool.post(worker, "stop_tap", tap_id)
 
         try:
             for worker, sids in by_worker.values():
-                tap_id = next(self._ids)
+                tap_id = self._pool.next_id()
                 self._taps[tap_id] = consumer
                 started.append((worker, tap_id))
-                await self._request(worker, "tap", tap_id, sids)
+                await self._pool.request(worker, "tap", tap_id, sids)
         except DriverError:
             stop()
             raise
@@ -653,15 +389,15 @@ class SipDriver:
         ref = self._ref(leg_sid)
         if not ref.incoming:
             raise DriverError(f"leg {leg_sid} is not an incoming call")
-        await self._request(ref.worker, "answer", leg_sid)
+        await self._pool.request(ref.worker, "answer", leg_sid)
 
     def worker_pids(self) -> list[int]:
         """PIDs of the live worker processes (for operations and tests)."""
-        return [w.process.pid for w in self._workers if w.alive and w.process is not None]
+        return [w.process.pid for w in self._pool.workers if w.alive and w.process is not None]
 
     def worker_ports(self) -> list[int]:
         """The SIP port of each worker, by index; inbound calls may go to any of them."""
-        return [w.config.sip_port for w in self._workers]
+        return [w.config.sip_port for w in self._pool.workers]
 
     def worker_of(self, leg_sid: str) -> int:
         """Index of the worker holding a leg."""

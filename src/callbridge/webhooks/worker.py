@@ -20,13 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callbridge.clock import Clock
 from callbridge.domain.options import CallbackContentType, CallbackMethod
 from callbridge.settings import Settings
-from callbridge.store.outbox import (
-    Action,
-    AttemptOutcome,
-    OutboxRow,
-    claim_due,
-    record_outcomes,
-)
+from callbridge.store.outbox import OutboxRow
+from callbridge.store.outbox_delivery import Action, AttemptOutcome, claim_due, record_outcomes
 from callbridge.webhooks.schedule import MAX_ATTEMPTS, Uniform, Verdict, next_delay
 from callbridge.webhooks.secrets import SecretLookup, make_secret_lookup
 from callbridge.webhooks.sender import AttemptResult, Delivery, build_client, send
