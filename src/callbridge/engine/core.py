@@ -91,6 +91,9 @@ class CallRunner:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._timers: dict[str, Timer] = {}
         self._legs: set[str] = set()
+        self.media: MediaSession | None = None
+        self.bridged_at: float | None = None
+        """Monotonic time the parties were connected, once they are."""
         self._task: asyncio.Task[None] | None = None
         self.finished = False
 
@@ -175,6 +178,24 @@ class CallRunner:
             await self.driver.hangup(leg_sid)
         except Exception:
             log.warning("hangup failed", extra={"call_sid": self.call.sid, "leg": leg_sid})
+
+    def talk_time_s(self) -> float:
+        if self.bridged_at is None:
+            return 0.0
+        return max(0.0, self.clock.monotonic() - self.bridged_at)
+
+    async def finish_media(self) -> tuple[str, ...]:
+        """Stop the call's media and store its recordings; returns their ids (never raises)."""
+        if self.media is None:
+            return ()
+        results = await self.media.finish()
+        if not results or self.engine.save_recordings is None:
+            return ()
+        try:
+            return tuple(await self.engine.save_recordings(self.call, results))
+        except Exception:
+            log.exception("saving recordings failed", extra={"call_sid": self.call.sid})
+            return ()
 
     async def commit(self, change: Change) -> None:
         self.call = change.call

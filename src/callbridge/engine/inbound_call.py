@@ -26,7 +26,7 @@ from callbridge.domain.routing import Candidate, DynamicRoute, SkipReason
 from callbridge.store.accounts import Account
 from callbridge.telephony.base import DriverError, Handle, LegEvent
 
-from .core import CallEngine, CallRunner, Change, MediaSession, TimerFired
+from .core import CallEngine, CallRunner, Change, TimerFired
 from .inbound_agents import Attempt, end_attempts, release_agents, set_leg_status, skipped_history
 from .inbound_queue import tone
 
@@ -81,8 +81,6 @@ class InboundCall(CallRunner):
         self.last_dialled: str | None = None
         self.customer_left = False
         self.queue_expired = False
-        self.bridged_at: float | None = None
-        self.media: MediaSession | None = None
         self.held: set[str] = set()
         """Contact URIs this call holds a busy mark (and an in-process claim) on."""
         self._hold: Handle | None = None
@@ -258,17 +256,8 @@ class InboundCall(CallRunner):
         new_legs: list[Leg] = []
         if not self.attempts:
             new_legs = skipped_history(self.call.sid, self.skipped.values(), now)
-        talk_s = 0.0
-        if self.bridged_at is not None:
-            talk_s = max(0.0, self.clock.monotonic() - self.bridged_at)
-        recordings: tuple[str, ...] = ()
-        if self.media is not None:
-            results = await self.media.finish()
-            if results and self.engine.save_recordings is not None:
-                try:
-                    recordings = tuple(await self.engine.save_recordings(self.call, results))
-                except Exception:
-                    log.exception("saving recordings failed", extra={"call_sid": self.call.sid})
+        talk_s = self.talk_time_s()
+        recordings = await self.finish_media()
         call = self._touch(
             state=CallState.TERMINAL,
             status=status,

@@ -63,7 +63,6 @@ class OutboundRunner(CallRunner):
         self.to_leg: Leg | None = None
         self.from_outcome: LegOutcome | None = None
         self.to_outcome: LegOutcome | None = None
-        self.bridged_at: float | None = None
         self.media = engine.media_factory(call, options) if engine.media_factory else None
 
     # -- start ---------------------------------------------------------------------------
@@ -266,20 +265,11 @@ class OutboundRunner(CallRunner):
         now = self.now()
         from_outcome = self.from_outcome or LegOutcome.FAILED
         status = derive_outbound_status(from_outcome, self.to_outcome)
-        talk_s = 0.0
-        if self.bridged_at is not None:
-            talk_s = max(0.0, self.clock.monotonic() - self.bridged_at)
+        talk_s = self.talk_time_s()
         legs = [self._final_leg(self.from_leg, from_outcome, now)]
         if self.to_leg is not None:
             legs.append(self._final_leg(self.to_leg, self.to_outcome or LegOutcome.FAILED, now))
-        recordings: tuple[str, ...] = ()
-        if self.media is not None:
-            results = await self.media.finish()
-            if results and self.engine.save_recordings is not None:
-                try:
-                    recordings = tuple(await self.engine.save_recordings(self.call, results))
-                except Exception:
-                    log.exception("saving recordings failed", extra={"call_sid": self.call.sid})
+        recordings = await self.finish_media()
         call = self._touch(
             state=CallState.TERMINAL,
             status=status,
