@@ -35,6 +35,7 @@ from callbridge.api.services import Services, request_id
 from callbridge.api.urls import strip_credentials
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import apply_config, load_config
+from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
 from callbridge.domain.options import CallOptions
 from callbridge.engine.core import CallEngine
@@ -219,6 +220,10 @@ def create_app(
             yield
         finally:
             svc.ready = False
+            hub = svc.extras.get(dashboard_routes.HUB_KEY)
+            if isinstance(hub, LiveHub):
+                # Its pumps read the database: stop them before the store goes away.
+                await hub.close()
             await engine.stop()
             await gc_policy.stop()
             await reconciler.stop()
