@@ -115,6 +115,20 @@ async def _user_data(
         return (await _render_users(conn, account, [user], fields))[0]
 
 
+async def _users_device(
+    svc: Services, account_sid: str, user_id: str, device_id: str
+) -> user_store.DeviceRow:
+    """The user's device: 10731 for an unknown user, 10702 for a device that is not theirs."""
+    async with svc.store.read() as conn:
+        user = await user_store.get_user(conn, account_sid, user_id)
+        if user is None:
+            raise UserNotFound(f"user {user_id[:64]} not found")
+        device = await user_store.get_device(conn, account_sid, device_id)
+    if device is None or device.user_id != user.id:
+        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+    return device
+
+
 def _one(request: Request, data: dict[str, Any]) -> Response:
     return success(request_id(request), request.method, {"data": data})
 
@@ -284,13 +298,7 @@ async def _owned_device(
 async def get_device(request: Request, account_sid: str, user_id: str, device_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    async with svc.store.read() as conn:
-        user = await user_store.get_user(conn, account.sid, user_id)
-        if user is None:
-            raise UserNotFound(f"user {user_id[:64]} not found")
-        device = await user_store.get_device(conn, account.sid, device_id)
-    if device is None or device.user_id != user.id:
-        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+    device = await _users_device(svc, account.sid, user_id, device_id)
     return _one(request, await _device_view(svc, account, device))
 
 
@@ -368,13 +376,7 @@ async def verify_device(
     """Call the device and play a code; keying it back (DTMF) marks the device verified."""
     svc = services(request)
     account = await api_account(request, account_sid)
-    async with svc.store.read() as conn:
-        user = await user_store.get_user(conn, account.sid, user_id)
-        if user is None:
-            raise UserNotFound(f"user {user_id[:64]} not found")
-        device = await user_store.get_device(conn, account.sid, device_id)
-    if device is None or device.user_id != user.id:
-        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+    device = await _users_device(svc, account.sid, user_id, device_id)
     if device.verified:
         raise Conflict("device is already verified")
     if device.type == "sip" and not account.allow_voip:
@@ -390,13 +392,7 @@ async def verification_status(
     """The device's `verified` flag, and the latest attempt this server placed (if any)."""
     svc = services(request)
     account = await api_account(request, account_sid)
-    async with svc.store.read() as conn:
-        user = await user_store.get_user(conn, account.sid, user_id)
-        if user is None:
-            raise UserNotFound(f"user {user_id[:64]} not found")
-        device = await user_store.get_device(conn, account.sid, device_id)
-    if device is None or device.user_id != user.id:
-        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+    device = await _users_device(svc, account.sid, user_id, device_id)
     attempt = _verifier(svc).attempts.get(device.id)
     return _one(
         request,
