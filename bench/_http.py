@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psutil
+
 
 @dataclass
 class LoadResult:
@@ -17,6 +19,8 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     bodies: list[bytes] = field(default_factory=list)
+    server_cpu_s: float | None = None
+    """CPU time the server process used during the run (user + system), when measured."""
 
     @property
     def throughput(self) -> float:
@@ -28,11 +32,23 @@ class LoadResult:
         ordered = sorted(self.latencies_s)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s * 1000 / self.requests
+
     def line(self) -> str:
+        cpu = ""
+        if self.server_cpu_s is not None and self.elapsed_s:
+            cpu = (
+                f"  server CPU {self.server_cpu_ms_per_request:.3f} ms/req "
+                f"({self.server_cpu_s / self.elapsed_s:.0%} of a core)"
+            )
         return (
             f"{self.name:<28} {self.throughput:9.1f} req/s  p50 {self.pct(50):7.2f} ms  "
             f"p99 {self.pct(99):7.2f} ms  n={self.requests} errors={self.errors} "
-            f"statuses={dict(sorted(self.statuses.items()))}"
+            f"statuses={dict(sorted(self.statuses.items()))}{cpu}"
         )
 
 
@@ -70,9 +86,13 @@ async def run_load(
     duration_s: float,
     keep_bodies: bool = False,
     max_requests: int = 1_000_000,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    """Drive `concurrency` connections for `duration_s`; each sends `make_request(i)`."""
+    """Drive `concurrency` connections for `duration_s`; each sends `make_request(i)`.
+
+    With `server_pid`, the server process's CPU time over the run is measured too."""
     result = LoadResult(name)
+    cpu_before = _cpu_s(server_pid)
     deadline = time.perf_counter() + duration_s
     counter = iter(range(max_requests))
 
@@ -102,4 +122,14 @@ async def run_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - started
+    cpu_after = _cpu_s(server_pid)
+    if cpu_before is not None and cpu_after is not None:
+        result.server_cpu_s = cpu_after - cpu_before
     return result
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)

@@ -270,6 +270,9 @@ async def test_unknown_route_and_method_use_the_envelope(store: Store, clock: Ma
         assert error_of(r)[:2] == (404, 404)
         r = await h.client.delete(URL, headers=h.auth)
         assert error_of(r)[:2] == (405, 405)
+        for path in (f"{URL}/some_sid", f"{URL}/some_sid/legs"):
+            r = await h.client.put(path, headers=h.auth, json={})
+            assert error_of(r)[:2] == (405, 405)
 
 
 async def test_health_and_readiness(store: Store, clock: ManualClock) -> None:

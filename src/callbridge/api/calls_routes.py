@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from callbridge.api.envelope import EnvelopeResponse, failure, success
 from callbridge.api.idempotency import body_hash
+from callbridge.api.plain import plain_route
 from callbridge.api.schemas import parse_create_call
 from callbridge.api.services import api_account, request_id, services
 from callbridge.api.urls import check_call_urls
@@ -28,10 +29,10 @@ from callbridge.store.accounts import Account
 router = APIRouter()
 
 
-@router.post("/v3/accounts/{account_sid}/calls")
-async def create_call(request: Request, account_sid: str) -> Response:
+@plain_route(router, "/v3/accounts/{account_sid}/calls", "POST")
+async def create_call(request: Request) -> Response:
     svc = services(request)
-    account = await api_account(request, account_sid)
+    account = await api_account(request, request.path_params["account_sid"])
     body = await request.body()
     key = request.headers.get("idempotency-key")
     if key is None:
@@ -90,10 +91,11 @@ async def _create_call(request: Request, account: Account, body: bytes) -> Envel
     return success(request_id(request), "POST", {"call_details": details})
 
 
-@router.get("/v3/accounts/{account_sid}/calls/{call_sid}")
-async def get_call(request: Request, account_sid: str, call_sid: str) -> Response:
+@plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}", "GET")
+async def get_call(request: Request) -> Response:
     svc = services(request)
-    account = await api_account(request, account_sid)
+    account = await api_account(request, request.path_params["account_sid"])
+    call_sid: str = request.path_params["call_sid"]
     call = svc.engine.snapshot(account.sid, call_sid)
     if call is None:
         async with svc.store.read() as conn:
@@ -104,10 +106,11 @@ async def get_call(request: Request, account_sid: str, call_sid: str) -> Respons
     return success(request_id(request), "GET", {"call_details": details})
 
 
-@router.get("/v3/accounts/{account_sid}/calls/{call_sid}/legs")
-async def get_legs(request: Request, account_sid: str, call_sid: str) -> Response:
+@plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}/legs", "GET")
+async def get_legs(request: Request) -> Response:
     svc = services(request)
-    account = await api_account(request, account_sid)
+    account = await api_account(request, request.path_params["account_sid"])
+    call_sid: str = request.path_params["call_sid"]
     async with svc.store.read() as conn:
         call = await call_store.get_call(conn, account.sid, call_sid)
         if call is None:
@@ -117,10 +120,10 @@ async def get_legs(request: Request, account_sid: str, call_sid: str) -> Respons
     return success(request_id(request), "GET", {"leg_details": details})
 
 
-@router.get("/v3/accounts/{account_sid}/calls")
-async def list_calls(request: Request, account_sid: str) -> Response:
+@plain_route(router, "/v3/accounts/{account_sid}/calls", "GET")
+async def list_calls(request: Request) -> Response:
     svc = services(request)
-    account = await api_account(request, account_sid)
+    account = await api_account(request, request.path_params["account_sid"])
     limit = _int_param(request, "limit", 50, 1, 200)
     active = request.query_params.get("state") == "active"
     async with svc.store.read() as conn:

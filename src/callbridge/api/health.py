@@ -6,17 +6,18 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from callbridge.api.plain import plain_route
 from callbridge.api.services import services
 
 router = APIRouter()
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+@plain_route(router, "/healthz", "GET")
+async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@plain_route(router, "/readyz", "GET")
 async def readyz(request: Request) -> Response:
     svc = services(request)
     database = await svc.store.ping()

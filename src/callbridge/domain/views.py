@@ -20,6 +20,12 @@ def format_time(at: datetime | None, tz_name: str) -> str | None:
     """Exotel's `YYYY-MM-DD HH:mm:ss+05:30` in the account's timezone."""
     if at is None:
         return None
+    return _format_time(at, tz_name)
+
+
+@lru_cache(maxsize=16_384)
+def _format_time(at: datetime, tz_name: str) -> str:
+    # Cached: a call's timestamps are rendered on every GET, callback and live update.
     # isoformat(" ", "seconds") is exactly this shape, offset included ("+05:30", "-04:00").
     return at.astimezone(zone(tz_name)).isoformat(" ", "seconds")
 

@@ -363,7 +363,8 @@ class CallEngine:
                 )
                 await self.clock.sleep(0.05 * attempt)
         self.remember(change.call)
-        if change.event is not None and self.on_committed is not None:
+        if change.event is not None and options.status_callbacks and self.on_committed is not None:
+            # Only a change that queued callback events gives the delivery worker work.
             self.on_committed()
         self.notify(change.call)
 
