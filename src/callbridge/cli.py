@@ -13,6 +13,9 @@ from typing import Any
 
 from callbridge.settings import Settings
 
+KEEP_ALIVE_S = 75
+"""How long an idle client connection is kept open."""
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
@@ -120,6 +123,9 @@ def _serve(settings: Settings) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            # Longer than common client pools keep idle connections (httpx: 5 s, which is
+            # uvicorn's default too), so a pooled request never races the server's close.
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=10,
         )
     ).run()

@@ -120,3 +120,31 @@ async def test_click_to_call_over_http_with_callbacks(server: Server, receiver: 
     assert "t_live_1" not in log
     assert sid in log
     assert "request_id" in log
+
+
+async def test_idle_keep_alive_connection_outlives_a_client_pool(server: Server) -> None:
+    """A connection left idle longer than common client pools keep one (5 s) is still open,
+    so a pooled client's next request never races the server closing it."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    try:
+        await _get_healthz(reader, writer, request)
+        await asyncio.sleep(6)  # real idle time: what is tested is the server's own timer
+        await _get_healthz(reader, writer, request)
+    finally:
+        writer.close()
+
+
+async def _get_healthz(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> None:
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
