@@ -24,7 +24,13 @@ from callbridge.domain.views import callback_details
 from callbridge.errors import CallbridgeError, DeviceBusy, VirtualNumberNotFound
 from callbridge.store import outbox as outbox_store
 from callbridge.store import users as user_store
-from callbridge.store.bulk import insert_rows, sqlite_datetime, update_rows
+from callbridge.store.bulk import (
+    insert_rows,
+    placeholders,
+    sqlite_datetime,
+    sqlite_fetch_all,
+    update_rows,
+)
 from callbridge.store.calls import call_values, leg_values
 from callbridge.store.tables import busy_marks, calls, devices, exophones, legs, users
 
@@ -246,12 +252,13 @@ async def _mark_busy_many(
         params: list[Any] = []
         for account_sid, uri, call_sid, owner, at in marks:
             params += [account_sid, uri, call_sid, owner, sqlite_datetime(at)]
-        result = await conn.exec_driver_sql(
+        rows = await sqlite_fetch_all(
+            conn,
             "INSERT INTO busy_marks (account_sid, contact_uri, call_sid, owner_node, created_at) "
             f"VALUES {values} ON CONFLICT DO NOTHING RETURNING call_sid",
-            tuple(params),
+            params,
         )
-        return {r[0] for r in result}
+        return {r[0] for r in rows}
     statement = (
         pg_insert(busy_marks)
         .values(
@@ -272,6 +279,21 @@ async def _mark_busy_many(
     return {r[0] for r in await conn.execute(statement)}
 
 
+async def _terminal_calls(conn: AsyncConnection, sids: list[str]) -> set[str]:
+    """Which of these calls the database already holds as terminal."""
+    if conn.dialect.name == "sqlite":
+        rows = await sqlite_fetch_all(
+            conn,
+            f"SELECT sid FROM calls WHERE state = ? AND sid IN ({placeholders(len(sids))})",
+            [CallState.TERMINAL.value, *sids],
+        )
+        return {r[0] for r in rows}
+    result = await conn.execute(
+        select(calls.c.sid).where(calls.c.sid.in_(sids), calls.c.state == CallState.TERMINAL.value)
+    )
+    return {r[0] for r in result}
+
+
 class CallTakenOver(Exception):
     """The call is already terminal in the database: another node ended it (this node's lease
     had lapsed). The change is not applied."""
@@ -283,14 +305,7 @@ async def apply_changes(
     """Commit many calls' changes with one statement per table, in the order given; a change
     to a call another node already ended is refused with CallTakenOver."""
     sids = sorted({c.call.sid for c in all_changes})
-    taken = {
-        r[0]
-        for r in await conn.execute(
-            select(calls.c.sid).where(
-                calls.c.sid.in_(sids), calls.c.state == CallState.TERMINAL.value
-            )
-        )
-    }
+    taken = await _terminal_calls(conn, sids)
     changes = [c for c in all_changes if c.call.sid not in taken]
     await insert_rows(
         conn, legs, LEG_INSERT_COLUMNS, [leg_insert_row(leg) for c in changes for leg in c.new_legs]

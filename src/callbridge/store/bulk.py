@@ -79,6 +79,37 @@ def _adapt(
     return adapted
 
 
+async def _sqlite_driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under `conn`. A statement sent to it directly crosses to the
+    database thread once, where SQLAlchemy's async adapter crosses several times (cursor,
+    execute, fetch, close); it runs inside `conn`'s transaction like any other."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+async def sqlite_execute_many(
+    conn: AsyncConnection, sql: str, rows: Sequence[Sequence[Any]]
+) -> None:
+    """Run one SQLite statement for every parameter row, on `conn`'s transaction."""
+    driver = await _sqlite_driver(conn)
+    cursor = await driver.executemany(sql, rows)
+    await cursor.close()
+
+
+async def sqlite_fetch_all(
+    conn: AsyncConnection, sql: str, params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """Run one SQLite query on `conn`'s transaction; returns its rows as tuples."""
+    driver = await _sqlite_driver(conn)
+    rows = await driver.execute_fetchall(sql, tuple(params))
+    return [tuple(r) for r in rows]
+
+
+def placeholders(count: int) -> str:
+    """`?, ?, …` for an SQLite `IN (…)` list of `count` values."""
+    return ", ".join("?" * count)
+
+
 async def insert_rows(
     conn: AsyncConnection, table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -90,7 +121,7 @@ async def insert_rows(
             f"INSERT INTO {table.name} ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)})"
         )
-        await conn.exec_driver_sql(sql, _adapt(table, columns, rows))
+        await sqlite_execute_many(conn, sql, _adapt(table, columns, rows))
         return
     await conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
 
@@ -107,7 +138,7 @@ async def update_rows(
         return
     if conn.dialect.name == "sqlite":
         sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {key} = ?"
-        await conn.exec_driver_sql(sql, _adapt(table, (*columns, key), rows))
+        await sqlite_execute_many(conn, sql, _adapt(table, (*columns, key), rows))
         return
     statement = (
         update(table)
