@@ -10,8 +10,9 @@ from functools import lru_cache
 import phonenumbers
 
 DEFAULT_REGION = "IN"
-_SIP_RE = re.compile(r"^sips?:([^@\s;?]+)(?:@([^\s;?]+))?(.*)$", re.IGNORECASE)
+_SIP_RE = re.compile(r"^sips?:([^@\s;?]+)(?:@([^@\s;?]+))?((?:[;?]\S*)?)$", re.IGNORECASE)
 _DIALLABLE_RE = re.compile(r"^[+0-9()\-.\s]{3,32}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UriType(StrEnum):
@@ -45,6 +46,8 @@ def _normalise(raw: str, region: str) -> ContactUri:
     value = raw.strip()
     if not value:
         raise InvalidContactUri("empty contact URI")
+    if _CONTROL_RE.search(value):
+        raise InvalidContactUri("contact URI contains control characters")
     if value.lower().startswith(("sip:", "sips:")):
         match = _SIP_RE.match(value)
         if match is None:

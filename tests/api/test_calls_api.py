@@ -119,6 +119,25 @@ async def test_another_accounts_call_is_404(store: Store, clock: ManualClock) ->
         (body(max_time_limit=0), 400, 400, "max_time_limit"),
         (body(max_time_limit=14401), 400, 400, "max_time_limit"),
         (body(max_time_limit="forever"), 400, 400, "max_time_limit"),
+        (body(max_time_limit=True), 400, 400, "max_time_limit"),
+        (body(max_time_limit="60"), 400, 400, "max_time_limit"),
+        (body(max_time_limit=60.0), 400, 400, "max_time_limit"),
+        (body(attempt_time_out=False), 400, 400, "attempt_time_out"),
+        (
+            body(**{"from": {"contact_uri": AGENT, "state_management": "yes"}}),
+            400,
+            400,
+            "from.state_management",
+        ),
+        (
+            body(**{"from": {"contact_uri": AGENT, "state_management": 1}}),
+            400,
+            400,
+            "from.state_management",
+        ),
+        (body(recording={"record": "yes"}), 400, 400, "recording.record"),
+        (body(to={"contact_uri": "sip:a@b@c"}), 400, 400, "to.contact_uri"),
+        (body(to={"contact_uri": "sip:a\u0000@b"}), 400, 400, "to.contact_uri"),
         (body(attempt_time_out=-1), 400, 400, "attempt_time_out"),
         (body(custom_field="x" * 129), 400, 400, "custom_field"),
         (
@@ -222,6 +241,8 @@ async def test_idempotency_key_replays_and_guards(store: Store, clock: ManualClo
         replay = await h.client.post(URL, json=body(custom_field="a"), headers=headers)
         assert first.status_code == replay.status_code == 200
         assert replay.headers["idempotent-replayed"] == "true"
+        # The replayed body is the original's, and its header names the same request.
+        assert replay.headers["x-request-id"] == first.json()["request_id"]
         assert "idempotent-replayed" not in first.headers
         assert replay.json() == first.json()
         other = await h.client.post(URL, json=body(custom_field="b"), headers=headers)
@@ -308,3 +329,58 @@ async def test_missing_account_sid_is_400_1001(store: Store, clock: ManualClock)
         for path in ("/v3/accounts//calls", "/v3/accounts/calls"):
             r = await h.client.post(path, json=body(), headers=h.auth)
             assert error_of(r)[:2] == (400, 1001)
+
+
+async def test_deeply_nested_body_is_400_not_500(store: Store, clock: ManualClock) -> None:
+    nested = '{"a":' * 3000 + "1" + "}" * 3000
+    async with running_app(store, clock) as h:
+        r = await h.client.post(
+            URL, content=nested, headers={**h.auth, "Content-Type": "application/json"}
+        )
+        status, code, message = error_of(r)
+        assert (status, code) == (400, 400)
+        assert "nested too deeply" in message
+
+
+@pytest.mark.parametrize("flag", [True, "true", "TRUE", " false "])
+async def test_state_management_takes_booleans_and_their_strings(
+    store: Store, clock: ManualClock, flag: Any
+) -> None:
+    async with running_app(store, clock) as h:
+        payload = body(**{"from": {"contact_uri": "+919811000135", "state_management": flag}})
+        r = await h.client.post(URL, json=payload, headers=h.auth)
+        assert r.status_code == 200
+        again = await h.client.post(URL, json=payload, headers=h.auth)
+        managed = flag is True or flag.strip().lower() == "true"
+        assert again.status_code == (409 if managed else 200)
+
+
+async def test_custom_field_is_echoed_exactly(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        value = '  {"crm": 7}\n'
+        r = await h.client.post(URL, json=body(custom_field=value), headers=h.auth)
+        assert r.json()["response"]["call_details"]["custom_field"] == value
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v3/accounts//calls/0123456789abcdef0123456789abcdef",
+        "/v3/accounts//calls/0123456789abcdef0123456789abcdef/legs",
+        "/v2/accounts//users",
+        "/v2/accounts//users/5",
+    ],
+)
+async def test_paths_without_an_account_sid_are_400_1001(
+    store: Store, clock: ManualClock, path: str
+) -> None:
+    async with running_app(store, clock) as h:
+        r = await h.client.get(path, headers=h.auth)
+        assert error_of(r)[:2] == (400, 1001)
+
+
+async def test_plain_json_responses_carry_a_request_id(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        for path in ("/healthz", "/readyz"):
+            r = await h.client.get(path)
+            assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])

@@ -11,7 +11,7 @@ import pytest
 from callbridge.clock import ManualClock
 from callbridge.store.repo import Store
 
-from ..harness import AGENT, CUSTOMER, Harness, running_app
+from ..harness import ACCOUNT, AGENT, CUSTOMER, EXOPHONE, Harness, running_app
 
 START = datetime(2026, 1, 15, 6, 30, tzinfo=UTC)
 """Where the ManualClock starts."""
@@ -272,3 +272,32 @@ async def test_ended_click_to_call_marks_the_agent_idle_since_then(
         assert ended is not None
         # Rang 1 s, customer rang 1 s, talked 5 s: the call ended 7 s after it started.
         assert ended.replace(tzinfo=UTC) == START + timedelta(seconds=7)
+
+
+async def test_sim_behaviour_rejects_booleans_and_control_characters(
+    store: Store, clock: ManualClock
+) -> None:
+    async with running_app(store, clock) as h:
+        r = await h.client.put(
+            f"/sim/v1/numbers/{CUSTOMER}", json={"answer_after": True}, headers=h.auth
+        )
+        assert r.status_code == 400 and "answer_after" in r.text
+        r = await h.client.put("/sim/v1/numbers/sip:a%00@x", json={}, headers=h.auth)
+        assert r.status_code == 400 and "control characters" in r.text
+
+
+async def test_a_trailing_slash_names_the_same_resource(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        r = await h.client.post(
+            f"/v3/accounts/{ACCOUNT}/calls/",
+            json={
+                "from": {"contact_uri": AGENT},
+                "to": {"contact_uri": CUSTOMER},
+                "virtual_number": EXOPHONE,
+            },
+            headers=h.auth,
+        )
+        assert r.status_code == 200, r.text
+        sid = r.json()["response"]["call_details"]["sid"]
+        r = await h.client.get(f"/v3/accounts/{ACCOUNT}/calls/{sid}/legs/", headers=h.auth)
+        assert r.status_code == 200 and r.json()["response"]["leg_details"]["call_sid"] == sid

@@ -408,3 +408,13 @@ async def test_unknown_exophone_is_404_10716(store: Store, clock: ManualClock) -
         assert r.status_code == 404
         assert r.json()["response"]["error_data"]["code"] == 10716
         assert h.sim.active_legs == 0
+
+
+async def test_sim_incoming_needs_a_caller_number(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock, config=config(1)) as h:
+        r = await h.client.post(
+            "/sim/v1/incoming", json={"from": "abc", "to": EXOPHONE}, headers=h.auth
+        )
+        assert r.status_code == 400
+        assert r.json()["response"]["error_data"]["message"].startswith("from: ")
+        assert h.sim.active_legs == 0

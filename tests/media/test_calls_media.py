@@ -168,6 +168,16 @@ async def test_a_wait_audio_server_that_never_answers_does_not_hold_up_the_call(
     assert elapsed < 2.0
 
 
+async def test_a_stream_sample_rate_other_than_8_16_24_khz_is_refused(
+    store: Store, clock: ManualClock, settings: Settings
+) -> None:
+    async with media_app(store, clock, settings=settings) as h:
+        r = await h.create_call(streaming={"url": "ws://127.0.0.1:9/bot?sample-rate=11025"})
+        assert r.status_code == 400, r.text
+        message = r.json()["response"]["error_data"]["message"]
+        assert message == "streaming.url: sample-rate must be 8000, 16000 or 24000"
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -261,7 +271,7 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
     caplog.set_level(logging.INFO)  # the production default
     async with Bot() as bot, media_app(store, clock, settings=settings) as h:
         standard_phones(h)
-        url = f"ws://botuser:s3cr3t-pw@127.0.0.1:{bot.port}/stream"
+        url = f"ws://botuser:s3cr3t-pw@127.0.0.1:{bot.port}/stream?campaign=spring"
         sid = await place(
             h,
             streaming={"url": url, "begin": "from_leg_connect"},
@@ -297,7 +307,7 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
             "account_sid": "acme",
             "from": AGENT,
             "to": CUSTOMER,
-            "custom_parameters": {},
+            "custom_parameters": {"campaign": "spring"},  # the URL's own query parameters
             "media_format": {"encoding": "raw", "sample_rate": "8000", "bit_rate": "128kbps"},
         },
     }

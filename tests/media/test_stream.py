@@ -43,6 +43,7 @@ def test_target_parses_credentials_rate_and_redacts() -> None:
     assert target.url == "wss://example.com:8443/ws?sample-rate=16000&x=1"
     assert target.authorization == "Basic " + base64.b64encode(b"bot:s:cret").decode()
     assert target.sample_rate == 16000
+    assert target.custom_parameters == {"x": "1"}
     assert "cret" not in target.redacted and "sample-rate" not in target.redacted
 
 

@@ -97,8 +97,11 @@ async def test_device_update_errors(store: Store, clock: ManualClock) -> None:
         assert r.status_code == 404 and error_code(r) == 10731
         r = await put_device(h, dev["id"], desk["id"])
         assert r.status_code == 400 and "nothing to update" in r.text
-        r = await put_device(h, dev["id"], desk["id"], available="maybe")
-        assert r.status_code == 400 and "available" in r.text
+        for wrong in ("maybe", "yes", "1", 0):
+            r = await put_device(h, dev["id"], desk["id"], available=wrong)
+            assert r.status_code == 400 and "available" in r.text, wrong
+        r = await put_device(h, dev["id"], desk["id"], available="false")
+        assert r.status_code == 200 and data(r)["available"] is False
         r = await put_device(h, dev["id"], desk["id"], contact_uri="sip:dev@pbx.example.com")
         assert r.status_code == 405 and error_code(r) == 10712
         r = await create_user(h, device_contact_uri="sip:meera@pbx.example.com")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,6 +43,7 @@ from callbridge.engine.core import CallEngine
 from callbridge.engine.media import CallMediaSession, MediaServices
 from callbridge.engine.reconciler import Reconciler, new_node_id
 from callbridge.errors import (
+    AccountSidMissing,
     CallbridgeError,
     MethodNotAllowed,
     NotFound,
@@ -58,6 +60,9 @@ from callbridge.webhooks.ssrf import WS_SCHEMES, PinnedTransport, UrlGuard
 from callbridge.webhooks.worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
+
+_MISSING_ACCOUNT = re.compile(r"^/v[23]/accounts(//|/?$|/(calls|users)(/|$))")
+"""An API path with no account sid in it (`/v3/accounts//calls/…`, `/v2/accounts/users`)."""
 
 
 def build_driver(settings: Settings, clock: Clock) -> TelephonyDriver:
@@ -244,6 +249,8 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # EnvelopeMiddleware drops a trailing slash instead; a bare redirect has no envelope.
+        redirect_slashes=False,
     )
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
@@ -264,7 +271,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: CallbridgeError
-        if exc.status_code == 404:
+        if exc.status_code == 404 and _MISSING_ACCOUNT.match(request.url.path):
+            error = AccountSidMissing(
+                "the path must name the account: /v3/accounts/{account_sid}/…"
+            )
+        elif exc.status_code == 404:
             error = NotFound(f"no such resource: {request.url.path[:128]}")
         elif exc.status_code == 405:
             error = MethodNotAllowed(f"{request.method} is not allowed here")

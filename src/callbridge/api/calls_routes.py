@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,7 +45,10 @@ async def create_call(request: Request) -> Response:
             stored.body,
             status_code=stored.status,
             media_type="application/json",
-            headers={"Idempotent-Replayed": "true", "X-Request-Id": request_id(request)},
+            headers={
+                "Idempotent-Replayed": "true",
+                "X-Request-Id": _replayed_id(stored.body) or request_id(request),
+            },
         )
     try:
         response = await _create_call(request, account, body)
@@ -56,6 +61,15 @@ async def create_call(request: Request) -> Response:
         account.sid, key, response.status_code, bytes(response.body).decode()
     )
     return response
+
+
+def _replayed_id(body: str) -> str:
+    """The request id of a replayed response: the original's, as its body says."""
+    try:
+        rid = json.loads(body).get("request_id")
+    except (ValueError, AttributeError):
+        rid = None
+    return rid if isinstance(rid, str) else ""
 
 
 async def _create_call(request: Request, account: Account, body: bytes) -> EnvelopeResponse:

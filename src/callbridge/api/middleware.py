@@ -32,7 +32,13 @@ class EnvelopeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            # `/v3/accounts/acme/calls/` is the calls resource, as clients expect.
+            raw: bytes = scope.get("raw_path") or path.encode()
+            scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": raw.rstrip(b"/") or b"/"}
         request_id = new_request_id()
+        rid_bytes = request_id.encode()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         method: str = scope["method"]
@@ -63,6 +69,10 @@ class EnvelopeMiddleware:
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                headers = message.get("headers") or []
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    # Every response names its request, plain JSON ones (probes, sim) too.
+                    message = {**message, "headers": [*headers, (b"x-request-id", rid_bytes)]}
             await send(message)
 
         try:

@@ -7,9 +7,18 @@ Unknown fields are ignored, as Exotel clients send extras; wrong types and value
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from callbridge.domain.options import (
     CallbackContentType,
@@ -30,13 +39,53 @@ from callbridge.errors import InvalidRecordingChannels, ValidationFailed
 MAX_URL_LENGTH = 2048
 
 
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic's lax mode would read true/false as 1/0 seconds.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Number = BeforeValidator(_not_a_boolean)
+"""Marks a numeric field that must not accept JSON true/false."""
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError('must be true or false (a JSON boolean or the string "true"/"false")')
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+"""A boolean given as JSON true/false or as the string "true"/"false", as Exotel accepts."""
+
+_SWITCH_WORDS = {"on": True, "off": False, "true": True, "false": False}
+
+
+def _switch(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
+        return _SWITCH_WORDS[value.strip().lower()]
+    raise ValueError('must be true or false (or "ON"/"OFF")')
+
+
+Switch = Annotated[bool, BeforeValidator(_switch)]
+"""A device's ON/OFF: a JSON boolean, "true"/"false" or "ON"/"OFF"."""
+
+Seconds = Annotated[StrictInt, Number]
+"""Whole seconds as a JSON integer."""
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
 class PartyIn(_Lenient):
     contact_uri: str = Field(min_length=1, max_length=255)
-    state_management: bool = False
+    state_management: Flag = False
 
 
 class CustomerIn(_Lenient):
@@ -44,7 +93,7 @@ class CustomerIn(_Lenient):
 
 
 class RecordingIn(_Lenient):
-    record: bool = False
+    record: Flag = False
     channels: str = "single"
     format: Literal["mp3", "mp3-hq"] = "mp3"
 
@@ -83,9 +132,12 @@ class CreateCallIn(_Lenient):
     virtual_number: str = Field(min_length=1, max_length=64)
     recording: RecordingIn | None = None
     wait_audio_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
-    max_time_limit: int = Field(default=14400, ge=1, le=14400)
-    attempt_time_out: int = Field(default=30, ge=1, le=600)
-    custom_field: str | None = Field(default=None, max_length=128)
+    max_time_limit: Seconds = Field(default=14400, ge=1, le=14400)
+    attempt_time_out: Seconds = Field(default=30, ge=1, le=600)
+    # Echoed back exactly as sent: not stripped like the other strings.
+    custom_field: Annotated[str, StringConstraints(strip_whitespace=False)] | None = Field(
+        default=None, max_length=128
+    )
     status_callback: list[StatusCallbackIn] = Field(default_factory=list, max_length=10)
     playback: list[PlaybackIn] = Field(default_factory=list, max_length=10)
     streaming: StreamingIn | None = None
@@ -129,6 +181,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise ValidationFailed(
             f"request body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
         ) from exc
+    except RecursionError as exc:
+        raise ValidationFailed("request body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
     return data

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from callbridge.api.schemas import describe_validation_error, parse_json_object
+from callbridge.api.schemas import Number, describe_validation_error, parse_json_object
 from callbridge.api.services import services
 from callbridge.errors import NotFound, ServiceUnavailable, ValidationFailed
 from callbridge.numbers import InvalidContactUri, normalise
@@ -25,8 +25,8 @@ class BehaviourIn(BaseModel):
     outcome: Literal[
         "answer", "busy", "no-answer", "reject", "unreachable", "switched-off", "manual"
     ] = "answer"
-    answer_after: float = Field(default=1.0, ge=0, le=MAX_SIM_DELAY_S)
-    hangup_after: float | None = Field(default=None, ge=0, le=MAX_SIM_DELAY_S)
+    answer_after: Annotated[float, Number] = Field(default=1.0, ge=0, le=MAX_SIM_DELAY_S)
+    hangup_after: Annotated[float | None, Number] = Field(default=None, ge=0, le=MAX_SIM_DELAY_S)
     dtmf: str | None = Field(default=None, pattern=r"^[0-9*#A-Da-d]{1,64}$")
 
 
@@ -126,5 +126,9 @@ async def incoming(request: Request) -> Response:
     start_inbound = svc.extras.get("start_inbound")
     if start_inbound is None:
         raise ServiceUnavailable("inbound calls are not available")
-    call_sid: str = await start_inbound(body.from_, body.to)
+    try:
+        caller = normalise(body.from_).uri
+    except InvalidContactUri as exc:
+        raise ValidationFailed(f"from: {exc}") from exc
+    call_sid: str = await start_inbound(caller, body.to)
     return JSONResponse({"call_sid": call_sid})

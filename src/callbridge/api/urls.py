@@ -6,6 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from callbridge.domain.options import CallOptions
 from callbridge.errors import ValidationFailed
+from callbridge.media.stream import StreamTarget, StreamUrlError
 from callbridge.webhooks.ssrf import UnsafeUrl, UrlGuard
 
 HTTP = ("http", "https")
@@ -32,6 +33,11 @@ async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
         checks.append((f"playback.{i}.value", playback.url, HTTP))
     if options.streaming is not None:
         checks.append(("streaming.url", strip_credentials(options.streaming.url), WS))
+    if options.streaming is not None:
+        try:
+            StreamTarget.parse(options.streaming.url)
+        except StreamUrlError as exc:
+            raise ValidationFailed(f"streaming.url: {exc}") from exc
     for field, url, schemes in checks:
         try:
             await guard.check(url, schemes)

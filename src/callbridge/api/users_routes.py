@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
-from callbridge.api.schemas import describe_validation_error, parse_json_object
+from callbridge.api.schemas import Switch, describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.users import (
     InvalidUserField,
@@ -67,7 +67,7 @@ class UpdateUserIn(_Body):
 
 
 class UpdateDeviceIn(_Body):
-    available: bool | None = None
+    available: Switch | None = None
     contact_uri: str | None = Field(default=None, min_length=1, max_length=255)
     name: str | None = Field(default=None, max_length=256)
 

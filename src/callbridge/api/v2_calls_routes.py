@@ -4,16 +4,25 @@ through the same engine as v3 (same checks, same busy compare-and-set), answerin
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
 from callbridge.api.schemas import (
     MAX_URL_LENGTH,
+    Flag,
+    Seconds,
     StatusCallbackIn,
     describe_validation_error,
     parse_json_object,
@@ -70,13 +79,15 @@ class V2CreateCallIn(_Lenient):
     from_: V2FromIn = Field(alias="from")
     to: V2ToIn
     virtual_number: str = Field(min_length=1, max_length=64)
-    recording: bool = False
+    recording: Flag = False
     recording_channels: Literal["single", "dual"] = "single"
     recording_format: Literal["mp3", "mp3-hq"] = "mp3"
     wait_audio_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
-    max_time_limit: int = Field(default=14400, ge=1, le=14400)
-    attempt_time_out: int = Field(default=30, ge=1, le=600)
-    custom_field: str | None = Field(default=None, max_length=128)
+    max_time_limit: Seconds = Field(default=14400, ge=1, le=14400)
+    attempt_time_out: Seconds = Field(default=30, ge=1, le=600)
+    custom_field: Annotated[str, StringConstraints(strip_whitespace=False)] | None = Field(
+        default=None, max_length=128
+    )
     status_callback: list[StatusCallbackIn] = Field(default_factory=list, max_length=10)
 
     @field_validator("status_callback", mode="before")

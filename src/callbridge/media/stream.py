@@ -40,6 +40,8 @@ refuse it. Runs in the session's background task, so DNS never delays the call."
 
 ALLOWED_RATES = (8000, 16000, 24000)
 MAX_MARK_NAME = 256
+MAX_CUSTOM_PARAMETERS = 16
+MAX_CUSTOM_TEXT = 256
 
 
 class StreamUrlError(ValueError):
@@ -54,6 +56,8 @@ class StreamTarget:
     authorization: str | None
     sample_rate: int
     redacted: str
+    custom_parameters: dict[str, str]
+    """The URL's other query parameters, handed to the bot in the `start` message."""
 
     @classmethod
     def parse(cls, raw: str) -> StreamTarget:
@@ -61,11 +65,14 @@ class StreamTarget:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise StreamUrlError("stream URL must be ws:// or wss:// with a host")
         rate = SAMPLE_RATE
+        custom: dict[str, str] = {}
         for key, value in urllib.parse.parse_qsl(parts.query):
             if key == "sample-rate":
                 if not value.isdigit() or int(value) not in ALLOWED_RATES:
                     raise StreamUrlError("sample-rate must be 8000, 16000 or 24000")
                 rate = int(value)
+            elif len(custom) < MAX_CUSTOM_PARAMETERS:
+                custom[key[:MAX_CUSTOM_TEXT]] = value[:MAX_CUSTOM_TEXT]
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         netloc = f"{host}:{parts.port}" if parts.port else host
         auth = None
@@ -75,7 +82,7 @@ class StreamTarget:
             auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         redacted = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
-        return cls(url, auth, rate, redacted)
+        return cls(url, auth, rate, redacted, custom)
 
 
 class _NoRedirectConnect(connect):
@@ -137,7 +144,8 @@ class StreamSession:
         self.stats = StreamStats()
         self._call_sid, self._account_sid = call_sid, account_sid
         self._from, self._to = from_uri, to_uri
-        self._custom = dict(custom_parameters or {})
+        # The stream URL's own query parameters, then any the caller adds.
+        self._custom = {**self.target.custom_parameters, **(custom_parameters or {})}
         self._play = play
         self._clock = clock
         self._resolve = resolve
