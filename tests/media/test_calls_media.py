@@ -23,6 +23,7 @@ from callbridge.clock import ManualClock
 from callbridge.media.audio import FALLBACK_TONE_HZ, dominant_frequency, resample, voice_frequency
 from callbridge.media.wav import make_wav
 from callbridge.settings import Settings
+from callbridge.store.calls import get_call_options
 from callbridge.store.repo import Store
 
 from ..harness import AGENT, CUSTOMER
@@ -293,6 +294,11 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
     assert details["status"] == "completed" and details["digits"] == "12#"
     assert bot.auth_headers == ["Basic " + base64.b64encode(b"botuser:s3cr3t-pw").decode()]
     assert "s3cr3t" not in caplog.text
+    async with store.read() as conn:
+        stored = await get_call_options(conn, sid)
+    # The bot's password lives only in the running call, never in the database.
+    assert stored is not None and stored.streaming is not None
+    assert "s3cr3t" not in stored.streaming.url and "botuser" not in stored.streaming.url
 
     assert bot.messages[0] == {"event": "connected"}
     start = bot.messages[1]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
-from callbridge.domain.options import CallOptions
+from callbridge.domain.options import CallOptions, without_userinfo
 from callbridge.errors import ValidationFailed
 from callbridge.media.stream import StreamTarget, StreamUrlError
 from callbridge.webhooks.ssrf import UnsafeUrl, UrlGuard
@@ -15,11 +13,7 @@ WS = ("ws", "wss")
 
 def strip_credentials(url: str) -> str:
     """The URL without `user:pass@` (stream URLs may carry Basic credentials)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return without_userinfo(url)
 
 
 async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:

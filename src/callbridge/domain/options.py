@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class RecordingChannels(StrEnum):
@@ -88,6 +89,8 @@ class CallOptions:
     callbacks then use the v2 names (`call_sid`, `call_status`, `assigned_agent_details`…)."""
 
     def to_json(self) -> dict[str, Any]:
+        """The stored form. A stream URL's credentials are left out: only the running call
+        needs them, and nothing read back from the database connects to the bot."""
         return {
             "attempt_timeout_s": self.attempt_timeout_s,
             "max_time_limit_s": self.max_time_limit_s,
@@ -99,7 +102,7 @@ class CallOptions:
             "wait_audio_url": self.wait_audio_url,
             "playback": [{"url": p.url, "to": p.to.value, "event": p.event} for p in self.playback],
             "streaming": (
-                {"url": self.streaming.url, "begin": self.streaming.begin.value}
+                {"url": without_userinfo(self.streaming.url), "begin": self.streaming.begin.value}
                 if self.streaming
                 else None
             ),
@@ -150,3 +153,12 @@ class CallOptions:
             state_management=bool(data.get("state_management", False)),
             v2_agent=((data["v2_agent"][0], data["v2_agent"][1]) if data.get("v2_agent") else None),
         )
+
+
+def without_userinfo(url: str) -> str:
+    """The URL without `user:password@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
