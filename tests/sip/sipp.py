@@ -204,16 +204,7 @@ def _wait_listening(sipp: Sipp, timeout_s: float = 5.0) -> None:
     while time.monotonic() < deadline:
         if sipp.process.poll() is not None:
             raise RuntimeError(f"sipp exited early: {sipp.output()[-2000:]}")
-        if not _port_free_udp(sipp.port):
+        if not _port_free(sipp.port):  # bound on UDP, or on TCP with `-t t1`
             return
         time.sleep(0.02)
     raise RuntimeError("sipp did not bind its port")
-
-
-def _port_free_udp(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True

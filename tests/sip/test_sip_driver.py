@@ -57,7 +57,7 @@ async def test_answered_leg_reports_answered_and_far_end_bye_reports_hangup(
     [
         ("486", "Busy Here", LegEventKind.BUSY),
         ("603", "Decline", LegEventKind.REJECTED),
-        ("404", "Not Found", LegEventKind.REJECTED),
+        ("404", "Not Found", LegEventKind.FAILED),
         ("500", "Server Internal Error", LegEventKind.FAILED),
     ],
 )
@@ -291,3 +291,71 @@ async def test_dead_worker_is_replaced_and_its_legs_end(
     await driver.dial(dial("T2", "C2", f"sip:agent@{again.uri_host}"))
     await events.wait("T2", LegEventKind.ANSWERED)
     await driver.hangup("T2")
+
+
+@pytest.mark.parametrize(("password", "answered"), [("trunk-secret", True), ("wrong", False)])
+async def test_trunk_digest_challenge_is_answered_with_the_trunk_credentials(
+    make_driver: Callable[..., Any],
+    sipp: Callable[..., Sipp],
+    events: EventLog,
+    password: str,
+    answered: bool,
+) -> None:
+    far = sipp("uas_digest_auth.xml", extra=["-trace_msg"])
+    driver = await make_driver(
+        workers=1,
+        sip_trunk_host="127.0.0.1",
+        sip_trunk_port=far.port,
+        sip_trunk_username="trunkuser",
+        sip_trunk_password=password,
+    )
+    await driver.dial(dial("L1", "C1", "+919900000001"))
+    if answered:
+        await events.wait("L1", LegEventKind.ANSWERED)
+        await driver.hangup("L1")
+        assert await wait_sipp(far) == 0
+    else:
+        event = await events.wait("L1", LegEventKind.FAILED)
+        assert event.reason is not None and "403" in event.reason
+        await wait_sipp(far)
+    messages = "".join(p.read_text() for p in far.workdir.glob("*_messages.log"))
+    assert 'Authorization: Digest username="trunkuser"' in messages
+    assert password not in messages  # only the digest goes on the wire
+
+
+async def test_trunk_over_tcp_carries_the_whole_call(
+    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+) -> None:
+    far = sipp("uas_answer_then_bye.xml", pause_ms=300, extra=["-t", "t1", "-trace_msg"])
+    driver = await make_driver(
+        workers=1,
+        sip_trunk_host="127.0.0.1",
+        sip_trunk_port=far.port,
+        sip_trunk_transport="tcp",
+    )
+    await driver.dial(dial("L1", "C1", "+919900000001"))
+    await events.wait("L1", LegEventKind.ANSWERED)
+    await events.wait("L1", LegEventKind.HANGUP)  # the far end's BYE, over the same TCP link
+    assert await wait_sipp(far) == 0
+    messages = "".join(p.read_text() for p in far.workdir.glob("*_messages.log"))
+    assert "SIP/2.0/TCP" in messages and "SIP/2.0/UDP" not in messages
+
+
+async def test_outbound_proxy_receives_the_trunk_invite(
+    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+) -> None:
+    proxy = sipp("uas_answer_then_bye.xml", pause_ms=300, extra=["-trace_msg"])
+    driver = await make_driver(
+        workers=1,
+        sip_trunk_host="trunk.invalid",
+        sip_trunk_port=5060,
+        sip_outbound_proxy=f"sip:{proxy.uri_host};lr",
+    )
+    await driver.dial(dial("L1", "C1", "+919900000001"))
+    await events.wait("L1", LegEventKind.ANSWERED)
+    await events.wait("L1", LegEventKind.HANGUP)
+    assert await wait_sipp(proxy) == 0
+    messages = "".join(p.read_text() for p in proxy.workdir.glob("*_messages.log"))
+    # Sent to the proxy, addressed to the trunk, routed through the proxy (loose routing).
+    assert "INVITE sip:+919900000001@trunk.invalid:5060 SIP/2.0" in messages
+    assert f"Route: <sip:{proxy.uri_host};lr>" in messages

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from callbridge.domain.calls import Call, CallState, CallStatus, Direction
 from callbridge.domain.views import call_details, format_time
@@ -57,3 +59,32 @@ def test_call_details_has_exotel_fields_and_durations() -> None:
     assert details["total_talk_time"] == 30
     assert details["recordings"] == [{"url": "https://x/r1.mp3"}]
     assert details["end_time"] == "2022-11-02 23:50:31+05:30"
+
+
+@pytest.mark.parametrize(
+    ("start_us", "end_s", "end_us", "expected"),
+    [(37_651, 35, 593_619, 35), (900_000, 3, 100_000, 3), (0, 0, 999_999, 0)],
+)
+def test_total_duration_is_the_difference_of_the_shown_times(
+    start_us: int, end_s: int, end_us: int, expected: int
+) -> None:
+    start = datetime(2026, 11, 27, 15, 49, 50, start_us, tzinfo=UTC)
+    end = start.replace(microsecond=0) + timedelta(seconds=end_s, microseconds=end_us)
+    call = Call(
+        sid="b" * 32,
+        account_sid="acme",
+        direction=Direction.OUTBOUND,
+        virtual_number="+912241499102",
+        from_uri="+919900000001",
+        to_uri="+919800000001",
+        state=CallState.TERMINAL,
+        status=CallStatus.COMPLETED,
+        created_at=start,
+        updated_at=end,
+        start_at=start,
+        end_at=end,
+    )
+    details = call_details(call, "Asia/Kolkata")
+    shown_start = datetime.fromisoformat(details["start_time"])
+    shown_end = datetime.fromisoformat(details["end_time"])
+    assert details["total_duration"] == expected == (shown_end - shown_start).total_seconds()

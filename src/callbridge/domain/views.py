@@ -40,7 +40,10 @@ def call_details(
     """The `call_details` object of the v3 API and of status callbacks."""
     total_duration: int | None = None
     if call.start_at is not None and call.end_at is not None:
-        total_duration = max(0, round((call.end_at - call.start_at).total_seconds()))
+        # Whole seconds between the shown times (which drop fractions), so that
+        # total_duration is always end_time - start_time as the client reads them.
+        shown = call.end_at.replace(microsecond=0) - call.start_at.replace(microsecond=0)
+        total_duration = max(0, int(shown.total_seconds()))
     talk: int | None = None
     if call.state is CallState.TERMINAL:
         talk = round(call.talk_time_s or 0.0)

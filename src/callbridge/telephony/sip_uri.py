@@ -111,17 +111,22 @@ def _with_params(canonical: str, raw: str) -> str:
     return canonical + raw[semi:] if semi != -1 else canonical
 
 
+NOT_DIALLABLE = frozenset({401, 403, 404, 407, 410, 484, 485, 604})
+"""Final statuses that mean the leg could not be dialled at all: the trunk refused us
+(credentials, permission) or the number does not exist. The call then ends `…_no_dial`."""
+
+
 def leg_outcome(status_code: int) -> LegEventKind:
     """What an unanswered outbound leg's final SIP status means to the engine.
 
     486/600 busy; 408/480/487 no answer (timeout, temporarily unavailable, cancelled
-    upstream); 5xx failed; 603 and every other 4xx/6xx rejected; anything else (0 = local
-    transport error, 3xx redirects we do not follow) failed."""
+    upstream); 5xx and NOT_DIALLABLE failed; 603 and every other 4xx/6xx rejected; anything
+    else (0 = local transport error, 3xx redirects we do not follow) failed."""
     if status_code in (486, 600):
         return LegEventKind.BUSY
     if status_code in (408, 480, 487):
         return LegEventKind.NO_ANSWER
-    if 500 <= status_code < 600:
+    if 500 <= status_code < 600 or status_code in NOT_DIALLABLE:
         return LegEventKind.FAILED
     if 400 <= status_code < 700:
         return LegEventKind.REJECTED
