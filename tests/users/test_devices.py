@@ -177,3 +177,11 @@ async def test_number_of_a_busy_device_cannot_change(store: Store, clock: Manual
         asha = await user_by_contact(h, AGENT)
         r = await put_device(h, asha["id"], asha["devices"][0]["id"], contact_uri="+919900000066")
         assert r.status_code == 409 and "after the call ends" in r.text
+
+
+async def test_a_user_without_devices_answers_10806(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        meera = data(await create_user(h))
+        assert meera["devices"] == []
+        r = await put_device(h, meera["id"], "0" * 32, available=True)
+        assert r.status_code == 404 and error_code(r) == 10806

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,7 @@ from callbridge.engine.verification import VerificationService
 from callbridge.errors import (
     Conflict,
     DeviceNotFound,
+    NoDeviceForUser,
     UserNotFound,
     ValidationFailed,
     VoipNotAllowed,
@@ -118,15 +119,23 @@ async def _user_data(
 async def _users_device(
     svc: Services, account_sid: str, user_id: str, device_id: str
 ) -> user_store.DeviceRow:
-    """The user's device: 10731 for an unknown user, 10702 for a device that is not theirs."""
+    """The user's device: 10731 for an unknown user, 10806 for a user with no device at all,
+    10702 for a device that is not theirs."""
     async with svc.store.read() as conn:
         user = await user_store.get_user(conn, account_sid, user_id)
         if user is None:
             raise UserNotFound(f"user {user_id[:64]} not found")
         device = await user_store.get_device(conn, account_sid, device_id)
-    if device is None or device.user_id != user.id:
-        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+        if device is None or device.user_id != user.id:
+            await _no_such_device(conn, user, device_id)
     return device
+
+
+async def _no_such_device(conn: AsyncConnection, user: UserRow, device_id: str) -> NoReturn:
+    """Raise 10806 when the user has no device at all, else 10702."""
+    if not (await user_store.devices_of(conn, [user.id])).get(user.id):
+        raise NoDeviceForUser(f"user {user.id[:64]} has no device")
+    raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
 
 
 def _one(request: Request, data: dict[str, Any]) -> Response:
@@ -290,7 +299,7 @@ async def _owned_device(
         raise UserNotFound(f"user {user_id[:64]} not found")
     device = await user_store.get_device(conn, account.sid, device_id)
     if device is None or device.user_id != user.id:
-        raise DeviceNotFound(f"device {device_id[:64]} not found for this user")
+        await _no_such_device(conn, user, device_id)
     return user, device
 
 
