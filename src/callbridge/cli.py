@@ -75,16 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = _settings(args)
+    from pydantic import ValidationError
+
     from callbridge.logs import configure_logging
 
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        settings = _settings(args)
+        configure_logging(settings.log_level, json_lines=settings.log_json)
+    except ValidationError as exc:
+        return _fail(_setting_error(exc), 2)
+    except ValueError as exc:  # an unknown log level
+        return _fail(f"invalid setting log_level: {exc}", 2)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "migrate":
+        from callbridge.api.app import describe_db_error
         from callbridge.store.schema import upgrade_to_head
 
-        upgrade_to_head(settings.resolved_database_url())
+        try:
+            upgrade_to_head(settings.resolved_database_url())
+        except Exception as exc:
+            return _fail(f"cannot migrate the database: {describe_db_error(exc)}", 1)
         print("database is up to date")
         return 0
     from callbridge.admin import run as run_admin
@@ -92,18 +103,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run_admin(args, settings))
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"callbridge: {message}", file=sys.stderr)
+    return code
+
+
+def _setting_error(exc: Any) -> str:
+    """`invalid setting port: Input should be a valid integer` from pydantic's error."""
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    return f"invalid setting {name}: {first.get('msg', 'invalid value')}"
+
+
+async def _apply_config_first(settings: Settings) -> None:
+    """Apply the config file before serving, so that an error in it (a flow naming a user
+    that does not exist…) stops the start with its message. An unreachable database is left
+    to the server, which waits for it and answers 503 on /readyz meanwhile."""
+    from callbridge.clock import SystemClock
+    from callbridge.config import apply_config, load_config
+    from callbridge.store.repo import Store
+    from callbridge.store.schema import ensure_schema
+
+    assert settings.config is not None
+    config = load_config(settings.config, default_rate_limit=settings.default_rate_limit_per_minute)
+    store = Store(settings.resolved_database_url())
+    try:
+        try:
+            await ensure_schema(store)
+        except Exception:
+            return
+        await apply_config(store, config, SystemClock())
+    finally:
+        await store.close()
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
     from callbridge.api.app import create_app
-    from callbridge.config import ConfigError, load_config
+    from callbridge.config import ConfigError
 
     if settings.config is not None:
         try:
-            load_config(settings.config)
+            asyncio.run(_apply_config_first(settings))
         except ConfigError as exc:
-            print(f"callbridge: {exc}", file=sys.stderr)
-            return 2
+            return _fail(str(exc), 2)
+        except Exception as exc:  # e.g. an api_key the database already gives another account
+            from callbridge.api.app import describe_db_error
+
+            return _fail(f"config cannot be applied: {describe_db_error(exc)}", 2)
     from callbridge.api.dashboard_routes import close_live_streams
 
     app = create_app(settings)

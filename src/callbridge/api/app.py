@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,7 +35,7 @@ from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
 from callbridge.api.urls import strip_credentials
 from callbridge.clock import Clock, SystemClock
-from callbridge.config import apply_config, load_config
+from callbridge.config import ConfigError, apply_config, load_config
 from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
 from callbridge.domain.options import CallOptions
@@ -63,6 +63,18 @@ log = logging.getLogger(__name__)
 
 _MISSING_ACCOUNT = re.compile(r"^/v[23]/accounts(//|/?$|/(calls|users)(/|$))")
 """An API path with no account sid in it (`/v3/accounts//calls/…`, `/v2/accounts/users`)."""
+
+
+DATABASE_RETRY_FIRST_S = 0.5
+DATABASE_RETRY_MAX_S = 10.0
+"""While the database cannot be reached at start, connect again with this backoff."""
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line about a database failure: the driver's own message, never the URL."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text[:200]}"
 
 
 def build_driver(settings: Settings, clock: Clock) -> TelephonyDriver:
@@ -107,141 +119,187 @@ def create_app(
         the_clock = clock or SystemClock()
         the_store = store or Store(settings.resolved_database_url())
         owns_store = store is None
-        await ensure_schema(the_store)
-        if settings.config is not None:
-            await apply_config(
-                the_store,
-                load_config(
-                    settings.config, default_rate_limit=settings.default_rate_limit_per_minute
-                ),
-                the_clock,
+
+        async def start() -> Callable[[], Awaitable[None]]:
+            """Everything after the schema: returns the matching stop."""
+            if settings.config is not None:
+                await apply_config(
+                    the_store,
+                    load_config(
+                        settings.config, default_rate_limit=settings.default_rate_limit_per_minute
+                    ),
+                    the_clock,
+                )
+            the_driver = driver or build_driver(settings, the_clock)
+            the_node = node_id or new_node_id()
+            svc_holder: dict[str, Services] = {}
+
+            def recording_url(account_sid: str, rid: str) -> str:
+                return svc_holder["svc"].recording_url(rid, account_sid)
+
+            guard = UrlGuard(settings.allow_private_urls)
+            media_http = httpx.AsyncClient(
+                transport=PinnedTransport(guard),
+                follow_redirects=False,
+                timeout=httpx.Timeout(10.0),
             )
-        the_driver = driver or build_driver(settings, the_clock)
-        the_node = node_id or new_node_id()
-        svc_holder: dict[str, Services] = {}
-
-        def recording_url(account_sid: str, rid: str) -> str:
-            return svc_holder["svc"].recording_url(rid, account_sid)
-
-        guard = UrlGuard(settings.allow_private_urls)
-        media_http = httpx.AsyncClient(
-            transport=PinnedTransport(guard),
-            follow_redirects=False,
-            timeout=httpx.Timeout(10.0),
-        )
-        recordings = RecordingService(
-            store=the_store,
-            storage=build_storage(settings, media_http),
-            clock=the_clock,
-            signing_key=RecordingService.key_from(settings),
-            link_ttl_s=settings.recording_link_ttl_s,
-            retention_days=settings.recordings_retention_days,
-        )
-
-        async def check_stream_url(url: str) -> object:
-            return await guard.check(strip_credentials(url), WS_SCHEMES)
-
-        media_services = MediaServices.from_settings(
-            settings,
-            http=media_http,
-            url_guard=guard.check,
-            stream_url_guard=check_stream_url,
-            storage=recordings.storage,
-        )
-
-        def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:
-            if not needs_media(options):
-                return None
-            return CallMediaSession(
-                the_driver,
-                the_clock,
-                call.sid,
-                call.account_sid,
-                call.from_uri,
-                call.to_uri or "",
-                options,
-                media_services,
-                agent_leg="from" if call.direction is Direction.OUTBOUND else "to",
+            recordings = RecordingService(
+                store=the_store,
+                storage=build_storage(settings, media_http),
+                clock=the_clock,
+                signing_key=RecordingService.key_from(settings),
+                link_ttl_s=settings.recording_link_ttl_s,
+                retention_days=settings.recordings_retention_days,
             )
 
-        engine = CallEngine(
-            store=the_store,
-            driver=the_driver,
-            clock=the_clock,
-            node_id=the_node,
-            recording_url=recording_url,
-            media_factory=media_factory,
-            save_recordings=recordings.save,
-        )
-        svc = Services(
-            settings=settings,
-            store=the_store,
-            clock=the_clock,
-            driver=the_driver,
-            engine=engine,
-            node_id=the_node,
-            auth=Authenticator(the_store),
-            rate_limiter=RateLimiter(),
-            idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
-            guard=guard,
-            sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
-        )
-        svc_holder["svc"] = svc
-        app.state.services = svc
-        reconciler = Reconciler(
-            store=the_store,
-            clock=the_clock,
-            node_id=the_node,
-            lease_ttl_s=settings.lease_ttl_s,
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-            reconcile_interval_s=settings.reconcile_interval_s,
-        )
-        worker = DeliveryWorker.from_settings(
-            settings, the_store.write_engine, the_clock, the_node, guard=guard
-        )
-        engine.on_committed = worker.wake
-        reconciler.on_committed = worker.wake
-        svc.extras["worker"] = worker
-        svc.extras["reconciler"] = reconciler
-        svc.extras["recordings"] = recordings
-        svc.extras["media_http"] = media_http
-        from callbridge.engine import inbound
+            async def check_stream_url(url: str) -> object:
+                return await guard.check(strip_credentials(url), WS_SCHEMES)
 
-        inbound.install(svc)
-        await reconciler.register()
-        await engine.start()
-        await reconciler.reconcile_once()
-        gc_policy = GcPolicy()
-        worker_task: asyncio.Task[None] | None = None
-        if run_background and settings.callbacks_in_process:
-            worker_task = asyncio.create_task(worker.run(), name="callback-worker")
-        if run_background:
-            reconciler.start()
-            recordings.start()
-            gc_policy.start()
-        svc.ready = True
-        log.info("callbridge started", extra={"node": the_node, "driver": the_driver.name})
+            media_services = MediaServices.from_settings(
+                settings,
+                http=media_http,
+                url_guard=guard.check,
+                stream_url_guard=check_stream_url,
+                storage=recordings.storage,
+            )
+
+            def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:
+                if not needs_media(options):
+                    return None
+                return CallMediaSession(
+                    the_driver,
+                    the_clock,
+                    call.sid,
+                    call.account_sid,
+                    call.from_uri,
+                    call.to_uri or "",
+                    options,
+                    media_services,
+                    agent_leg="from" if call.direction is Direction.OUTBOUND else "to",
+                )
+
+            engine = CallEngine(
+                store=the_store,
+                driver=the_driver,
+                clock=the_clock,
+                node_id=the_node,
+                recording_url=recording_url,
+                media_factory=media_factory,
+                save_recordings=recordings.save,
+            )
+            svc = Services(
+                settings=settings,
+                store=the_store,
+                clock=the_clock,
+                driver=the_driver,
+                engine=engine,
+                node_id=the_node,
+                auth=Authenticator(the_store),
+                rate_limiter=RateLimiter(),
+                idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
+                guard=guard,
+                sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
+            )
+            svc_holder["svc"] = svc
+            app.state.services = svc
+            reconciler = Reconciler(
+                store=the_store,
+                clock=the_clock,
+                node_id=the_node,
+                lease_ttl_s=settings.lease_ttl_s,
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+                reconcile_interval_s=settings.reconcile_interval_s,
+            )
+            worker = DeliveryWorker.from_settings(
+                settings, the_store.write_engine, the_clock, the_node, guard=guard
+            )
+            engine.on_committed = worker.wake
+            reconciler.on_committed = worker.wake
+            svc.extras["worker"] = worker
+            svc.extras["reconciler"] = reconciler
+            svc.extras["recordings"] = recordings
+            svc.extras["media_http"] = media_http
+            from callbridge.engine import inbound
+
+            inbound.install(svc)
+            await reconciler.register()
+            await engine.start()
+            await reconciler.reconcile_once()
+            gc_policy = GcPolicy()
+            worker_task: asyncio.Task[None] | None = None
+            if run_background and settings.callbacks_in_process:
+                worker_task = asyncio.create_task(worker.run(), name="callback-worker")
+            if run_background:
+                reconciler.start()
+                recordings.start()
+                gc_policy.start()
+            svc.ready = True
+            log.info("callbridge started", extra={"node": the_node, "driver": the_driver.name})
+
+            async def stop() -> None:
+                svc.ready = False
+                hub = svc.extras.get(dashboard_routes.HUB_KEY)
+                if isinstance(hub, LiveHub):
+                    # Its pumps read the database: stop them before the store goes away.
+                    await hub.close()
+                await engine.stop()
+                await gc_policy.stop()
+                await reconciler.stop()
+                if worker_task is not None:
+                    await worker.stop()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await worker_task
+                await worker.aclose()
+                await recordings.stop()
+                await media_http.aclose()
+                log.info("callbridge stopped", extra={"node": the_node})
+
+            return stop
+
+        stopper: list[Callable[[], Awaitable[None]]] = []
+
+        async def start_when_the_database_answers() -> None:
+            delay_s = DATABASE_RETRY_FIRST_S
+            while True:
+                await the_clock.sleep(delay_s)
+                try:
+                    await ensure_schema(the_store)
+                    break
+                except Exception as exc:
+                    delay_s = min(delay_s * 2, DATABASE_RETRY_MAX_S)
+                    log.warning(
+                        "database unreachable; not ready, retrying",
+                        extra={"error": describe_db_error(exc), "retry_in_s": delay_s},
+                    )
+            log.info("database reachable; starting")
+            try:
+                stopper.append(await start())
+            except ConfigError as exc:
+                log.error("config cannot be applied; not ready", extra={"error": str(exc)})
+
+        retry: asyncio.Task[None] | None = None
+        try:
+            await ensure_schema(the_store)
+        except Exception as exc:
+            # Serve /healthz and a 503 /readyz meanwhile, as orchestrators expect.
+            log.warning(
+                "database unreachable at start; not ready, retrying",
+                extra={"error": describe_db_error(exc)},
+            )
+            retry = asyncio.create_task(start_when_the_database_answers(), name="start-retry")
+        else:
+            stopper.append(await start())
         try:
             yield
         finally:
-            svc.ready = False
-            hub = svc.extras.get(dashboard_routes.HUB_KEY)
-            if isinstance(hub, LiveHub):
-                # Its pumps read the database: stop them before the store goes away.
-                await hub.close()
-            await engine.stop()
-            await gc_policy.stop()
-            await reconciler.stop()
-            if worker_task is not None:
-                await worker.stop()
+            if retry is not None:
+                retry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
-            await worker.aclose()
-            await recordings.stop()
-            await media_http.aclose()
+                    await retry
+            for stop in stopper:
+                await stop()
             if owns_store:
                 await the_store.close()
-            log.info("callbridge stopped", extra={"node": the_node})
 
     app = FastAPI(
         title="callbridge",

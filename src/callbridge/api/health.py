@@ -19,6 +19,11 @@ async def healthz(request: Request) -> Response:
 
 @plain_route(router, "/readyz", "GET")
 async def readyz(request: Request) -> Response:
+    if getattr(request.app.state, "services", None) is None:
+        # Still waiting for the database at start.
+        return JSONResponse(
+            {"status": "not ready", "database": False, "driver": False}, status_code=503
+        )
     svc = services(request)
     database = await svc.store.ping()
     ready = svc.ready and database

@@ -11,6 +11,7 @@ from callbridge.api.auth import Authenticator, RateLimiter
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.clock import Clock
 from callbridge.engine.core import CallEngine
+from callbridge.errors import ServiceUnavailable
 from callbridge.settings import Settings
 from callbridge.store.accounts import Account
 from callbridge.store.repo import Store
@@ -43,7 +44,10 @@ class Services:
 
 
 def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
+    """The running services; 503 while the server waits for its database at start."""
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is None:
+        raise ServiceUnavailable("callbridge is starting: its database is not reachable yet")
     return svc
 
 
