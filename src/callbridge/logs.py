@@ -49,3 +49,7 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     # Access logs of uvicorn repeat what our middleware logs, and would log query strings.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # httpx/httpcore log every request's full URL (a callback URL's query may carry a token):
+    # delivery outcomes are logged by the worker without it.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

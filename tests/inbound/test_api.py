@@ -139,6 +139,8 @@ async def test_invalid_flows_are_400_naming_the_field(store: Store, clock: Manua
             ({"no_agent": {"action": "voicemail"}}, "no_agent.action"),
             ({"connect": {"recording": {"channels": "triple"}}}, "connect.recording.channels"),
             ({"connect": {"bogus": 1}}, "connect.bogus"),
+            ({"conect": {"strategy": "simultaneous"}}, "conect: unknown field"),
+            ({"status_callbacks": []}, "status_callbacks: unknown field"),
         ]
         for definition, field in cases:
             r = await h.client.post(
@@ -213,6 +215,16 @@ async def test_groups_crud_and_membership(store: Store, clock: ManualClock) -> N
             f"/v2/accounts/other/groups/{gid}", headers=basic("k_other", "t_other")
         )
         assert r.status_code == 404
+        # A group a flow rings cannot go: the flow would silently ring nobody.
+        flow = await h.client.post(
+            f"{BASE}/flows",
+            json={"name": "care-line", "connect": {"destinations": [{"group_id": gid}]}},
+            headers=h.auth,
+        )
+        fid = flow.json()["response"]["data"]["id"]
+        r = await h.client.delete(f"{BASE}/groups/{gid}", headers=h.auth)
+        assert r.status_code == 409 and "care-line" in r.text
+        assert (await h.client.delete(f"{BASE}/flows/{fid}", headers=h.auth)).status_code == 200
         r = await h.client.delete(f"{BASE}/groups/{gid}", headers=h.auth)
         assert r.status_code == 200
         r = await h.client.get(f"{BASE}/groups/{gid}", headers=h.auth)

@@ -73,8 +73,8 @@ async def test_click_to_call_over_http_with_callbacks(server: Server, receiver: 
                 "virtual_number": "02241499102",
                 "custom_field": "e2e",
                 "status_callback": [
-                    {"event": "answered", "url": receiver.url("/cb")},
-                    {"event": "terminal", "url": receiver.url("/cb")},
+                    {"event": "answered", "url": receiver.url("/cb?tok=cb-url-token-7")},
+                    {"event": "terminal", "url": receiver.url("/cb?tok=cb-url-token-7")},
                 ],
             },
         )
@@ -118,6 +118,7 @@ async def test_click_to_call_over_http_with_callbacks(server: Server, receiver: 
         assert again.status_code == 200
     log = server.log_tail(200_000)
     assert "t_live_1" not in log
+    assert "cb-url-token-7" not in log  # a callback URL's query is not logged either
     assert sid in log
     assert "request_id" in log
 

@@ -11,17 +11,12 @@ from .helpers import USERS, create_user, data, error_code, put_device, user_by_c
 
 DESK = "+919900000011"
 MOBILE = "+919900000012"
-TWO_DEVICES = (
-    DEFAULT_CONFIG
-    + f"""
-[[accounts]]
-sid = "acme"
-api_key = "k_live_1"
-api_token = "t_live_1"
-rate_limit_per_minute = 0
-allow_voip = false
-exophones = ["+912241499102"]
-
+OTHER_ACCOUNT = '\n[[accounts]]\nsid = "other"'
+# Dev joins acme (DEFAULT_CONFIG's account, which here refuses VoIP) with two devices; a second
+# [[accounts]] with sid "acme" would be a config error (a duplicate sid).
+TWO_DEVICES = DEFAULT_CONFIG.replace("allow_voip = true", "allow_voip = false").replace(
+    OTHER_ACCOUNT,
+    f"""
 [[accounts.users]]
 first_name = "Dev"
 last_name = "Two"
@@ -39,6 +34,7 @@ name = "mobile"
 available = false
 verified = true
 """
+    + OTHER_ACCOUNT,
 )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -236,6 +237,12 @@ def _flow_view(flow: flow_store.Flow, numbers: list[str], tz: str) -> dict[str, 
 
 async def _definition(svc: Services, account: Account, data: dict[str, Any]) -> FlowDefinition:
     """Parse and check a flow: its shape, its users/groups exist, its numbers and URLs."""
+    unknown = sorted(k for k in data if k != "name" and k not in FLOW_FIELDS)
+    if unknown:
+        # A typo must not silently reset the routing to its defaults.
+        raise ValidationFailed(
+            f"{unknown[0][:64]}: unknown field (a flow takes name, {', '.join(FLOW_FIELDS)})"
+        )
     try:
         flow = parse_flow_definition({k: v for k, v in data.items() if k in FLOW_FIELDS})
     except FlowInvalid as exc:
@@ -448,9 +455,26 @@ async def delete_group(request: Request, account_sid: str, group_id: str) -> Res
     account = await api_account(request, account_sid)
     group = await _get_group(svc, account, group_id)
     async with svc.store.tx() as conn:
+        users = await _flows_using_group(conn, account.sid, group.id)
+        if users:
+            raise Conflict(f"group is used by flow(s) {', '.join(users[:10])}; change them first")
         members = (await group_store.members(conn, [group.id]))[group.id]
         await group_store.delete_group(conn, group)
     return _one(request, _group_view(group, members, account.timezone))
+
+
+async def _flows_using_group(conn: AsyncConnection, account_sid: str, group_id: Any) -> list[str]:
+    """Names of the account's flows that ring this group."""
+    names: list[str] = []
+    offset = 0
+    while True:
+        page, total = await flow_store.list_flows(conn, account_sid, offset=offset, limit=200)
+        for flow in page:
+            if any(d.group_id == group_id for d in flow.definition.connect.destinations):
+                names.append(flow.name)
+        offset += len(page)
+        if not page or offset >= total:
+            return names
 
 
 @router.get("/v2/accounts/{account_sid}/groups/{group_id}/users")
