@@ -301,3 +301,26 @@ async def test_a_trailing_slash_names_the_same_resource(store: Store, clock: Man
         sid = r.json()["response"]["call_details"]["sid"]
         r = await h.client.get(f"/v3/accounts/{ACCOUNT}/calls/{sid}/legs/", headers=h.auth)
         assert r.status_code == 200 and r.json()["response"]["leg_details"]["call_sid"] == sid
+
+
+async def test_digits_are_bounded_so_a_long_keypad_session_still_commits(
+    store: Store, clock: ManualClock
+) -> None:
+    async with running_app(store, clock) as h:
+        sid = await start(h)
+        await h.advance(3)  # both legs answered: the call is bridged
+        for _ in range(6):  # 384 keys pressed in all
+            r = await h.client.post(
+                f"/sim/v1/numbers/{CUSTOMER}/actions",
+                json={"action": "dtmf", "digits": "0123456789*#" * 5 + "0123"},
+                headers=h.auth,
+            )
+            assert r.status_code == 200
+            await h.advance(0)
+        await h.client.post(
+            f"/sim/v1/numbers/{CUSTOMER}/actions", json={"action": "hangup"}, headers=h.auth
+        )
+        await h.advance(0)
+        details = await h.call(sid)
+        assert details["status"] == "completed"
+        assert details["digits"] == (("0123456789*#" * 5 + "0123") * 6)[:256]

@@ -9,10 +9,12 @@ import pytest
 
 from callbridge.domain.calls import (
     LEG_TRANSITIONS,
+    MAX_DIGITS,
     CallStatus,
     IllegalTransition,
     LegOutcome,
     LegStatus,
+    append_digits,
     check_leg_transition,
     derive_inbound_status,
     derive_outbound_status,
@@ -105,3 +107,9 @@ def test_final_statuses_have_no_way_out() -> None:
 )
 def test_unanswered_leg_final_status(outcome: LegOutcome, status: LegStatus) -> None:
     assert leg_status_for_unanswered(outcome) is status
+
+
+def test_append_digits_keeps_at_most_max_digits() -> None:
+    assert append_digits(None, "12") == "12"
+    assert append_digits("1" * (MAX_DIGITS - 1), "234") == "1" * (MAX_DIGITS - 1) + "2"
+    assert append_digits("9" * MAX_DIGITS, "5") == "9" * MAX_DIGITS

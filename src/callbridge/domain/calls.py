@@ -89,6 +89,15 @@ class IllegalTransition(ValueError):
     pass
 
 
+MAX_DIGITS = 256
+"""A call keeps at most this many DTMF digits (the stored `digits` column's size)."""
+
+
+def append_digits(digits: str | None, more: str) -> str:
+    """The call's `digits` with `more` appended; keys beyond MAX_DIGITS are dropped."""
+    return ((digits or "") + more)[:MAX_DIGITS]
+
+
 def check_leg_transition(current: LegStatus, new: LegStatus) -> LegStatus:
     """Return `new` if a leg may move from `current` to it, else raise IllegalTransition."""
     if new not in LEG_TRANSITIONS[current]:

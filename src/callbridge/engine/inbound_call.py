@@ -17,6 +17,7 @@ from callbridge.domain.calls import (
     Leg,
     LegOutcome,
     LegStatus,
+    append_digits,
     derive_inbound_status,
     leg_status_for_unanswered,
 )
@@ -207,7 +208,7 @@ class InboundCall(CallRunner):
     async def _digits(self, event: LegEvent) -> None:
         if not event.digits:
             return
-        self.call = replace(self.call, digits=(self.call.digits or "") + event.digits)
+        self.call = replace(self.call, digits=append_digits(self.call.digits, event.digits))
         if self.media is not None:
             await self.media.dtmf(event.leg_sid, event.digits)
 

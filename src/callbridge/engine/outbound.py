@@ -14,6 +14,7 @@ from callbridge.domain.calls import (
     LegOutcome,
     LegSide,
     LegStatus,
+    append_digits,
     check_leg_transition,
     derive_outbound_status,
     leg_status_for_unanswered,
@@ -226,7 +227,7 @@ class OutboundRunner(CallRunner):
     async def _digits(self, event: LegEvent) -> None:
         if not event.digits:
             return
-        self.call = replace(self.call, digits=(self.call.digits or "") + event.digits)
+        self.call = replace(self.call, digits=append_digits(self.call.digits, event.digits))
         if self.media is not None:
             await self.media.dtmf(event.leg_sid, event.digits)
 
