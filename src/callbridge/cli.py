@@ -28,11 +28,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file applied at start")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite under ./data)")
-    parser.add_argument("--data-dir", type=Path, help="where SQLite and recordings live")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+def _common(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:
+    """The options every command takes. On a leaf command (`accounts webhook-secret …`) they
+    may also come after it; SUPPRESS keeps a leaf from erasing what its parent parsed."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if leaf else {}
+    parser.add_argument("--config", type=Path, help="TOML config file applied at start", **extra)
+    parser.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: SQLite under ./data)", **extra
+    )
+    parser.add_argument("--data-dir", type=Path, help="where SQLite and recordings live", **extra)
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR", **extra)
+
+
+def _delivery_id(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 2**63 - 1:
+        raise ValueError(raw)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(accounts)
     acc_sub = accounts.add_subparsers(dest="accounts_command", required=True)
     secret = acc_sub.add_parser("webhook-secret", help="show or rotate an account's webhook secret")
+    _common(secret, leaf=True)
     secret.add_argument("account_sid")
     secret.add_argument("--rotate", action="store_true")
 
@@ -68,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(callbacks)
     cb_sub = callbacks.add_subparsers(dest="callbacks_command", required=True)
     replay = cb_sub.add_parser("replay", help="re-send one delivery")
+    _common(replay, leaf=True)
     replay.add_argument("account_sid")
-    replay.add_argument("delivery_id", type=int)
+    replay.add_argument("delivery_id", type=_delivery_id)
     return parser
 
 
@@ -86,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(_setting_error(exc), 2)
     except ValueError as exc:  # an unknown log level
         return _fail(f"invalid setting log_level: {exc}", 2)
+    if settings.config is not None and not settings.config.is_file():
+        return _fail(f"config file not found: {settings.config}", 2)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "migrate":
@@ -99,8 +115,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is up to date")
         return 0
     from callbridge.admin import run as run_admin
+    from callbridge.api.app import describe_db_error
 
-    return asyncio.run(run_admin(args, settings))
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:
+        # An admin command never creates a database: a wrong --data-dir is an error.
+        return _fail(f"no database at {missing} (run `callbridge migrate` or check --data-dir)", 1)
+    try:
+        return asyncio.run(run_admin(args, settings))
+    except Exception as exc:
+        return _fail(f"cannot reach the database: {describe_db_error(exc)}", 1)
+
+
+def _missing_sqlite_file(settings: Settings) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(settings.resolved_database_url())
+    except Exception:
+        return None  # reported when the command connects
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
 
 
 def _fail(message: str, code: int) -> int:
