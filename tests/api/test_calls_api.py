@@ -384,3 +384,16 @@ async def test_plain_json_responses_carry_a_request_id(store: Store, clock: Manu
         for path in ("/healthz", "/readyz"):
             r = await h.client.get(path)
             assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+async def test_nul_characters_are_400_before_any_database_work(
+    store: Store, clock: ManualClock
+) -> None:
+    async with running_app(store, clock) as h:
+        r = await h.client.post(URL, json=body(custom_field="a\u0000b"), headers=h.auth)
+        status, code, message = error_of(r)
+        assert (status, code) == (400, 400) and message.startswith("custom_field: NUL")
+        r = await h.client.get(f"{URL}/abc%00def", headers=h.auth)
+        assert error_of(r)[:2] == (400, 400)
+        r = await h.client.get("/v2/accounts/acme/users?email=a%00b@x.com", headers=h.auth)
+        assert error_of(r)[:2] == (400, 400)

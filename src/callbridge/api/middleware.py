@@ -9,7 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callbridge.api.envelope import failure
-from callbridge.errors import CallbridgeError, InternalError, PayloadTooLarge
+from callbridge.errors import CallbridgeError, InternalError, PayloadTooLarge, ValidationFailed
 from callbridge.ids import new_request_id
 from callbridge.logs import request_id_var
 
@@ -45,6 +45,15 @@ class EnvelopeMiddleware:
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": None}
         limit = self.max_body_bytes
+
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            # PostgreSQL cannot store or compare NUL in text: refuse it before any lookup.
+            await self._send_error(
+                send, request_id, method, ValidationFailed("NUL characters are not allowed")
+            )
+            self._log(scope, 400, started)
+            request_id_var.reset(token)
+            return
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:

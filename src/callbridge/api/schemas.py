@@ -185,7 +185,31 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise ValidationFailed("request body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
+    where = _nul_at(data, "")
+    if where is not None:
+        # No database stores NUL in text (PostgreSQL refuses it): refuse it at the door.
+        raise ValidationFailed(f"{where or 'body'}: NUL characters are not allowed")
     return data
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first key or string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return here
+            found = _nul_at(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

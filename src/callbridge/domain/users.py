@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,15 @@ NAME_MIN = 3
 NAME_MAX = 20
 EMAIL_MAX = 254
 DEVICE_NAME_MAX = 128
-_NAME_RE = re.compile(r"^[A-Za-z0-9.'\- ]+$")
+_NAME_PUNCTUATION = frozenset(".'- ")
+
+
+def _name_char(char: str) -> bool:
+    """Letters (with their combining marks) and digits of any script, or `.`, `'`, `-`, space:
+    `José`, `अनिल`, `王小明` are names."""
+    return char in _NAME_PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+
+
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
 
@@ -41,7 +50,7 @@ def validate_name(field: str, value: str) -> str:
     name = value.strip()
     if not NAME_MIN <= len(name) <= NAME_MAX:
         raise InvalidUserField(f"{field} must be {NAME_MIN} to {NAME_MAX} characters long")
-    if not _NAME_RE.match(name):
+    if not all(_name_char(char) for char in name):
         raise InvalidUserField(
             f"{field} may contain only letters, digits, spaces after a period, ' and -"
         )
