@@ -282,7 +282,7 @@ async def test_sim_behaviour_rejects_booleans_and_control_characters(
             f"/sim/v1/numbers/{CUSTOMER}", json={"answer_after": True}, headers=h.auth
         )
         assert r.status_code == 400 and "answer_after" in r.text
-        r = await h.client.put("/sim/v1/numbers/sip:a%00@x", json={}, headers=h.auth)
+        r = await h.client.put("/sim/v1/numbers/sip:a%01@x", json={}, headers=h.auth)
         assert r.status_code == 400 and "control characters" in r.text
 
 
@@ -324,3 +324,14 @@ async def test_digits_are_bounded_so_a_long_keypad_session_still_commits(
         details = await h.call(sid)
         assert details["status"] == "completed"
         assert details["digits"] == (("0123456789*#" * 5 + "0123") * 6)[:256]
+
+
+async def test_talk_time_is_null_until_the_call_ends(store: Store, clock: ManualClock) -> None:
+    async with running_app(store, clock) as h:
+        sid = await start(h)
+        await h.advance(3)  # bridged and talking
+        details = await h.call(sid)
+        assert (details["state"], details["total_talk_time"]) == ("active", None)
+        r = await h.client.get(f"/v3/accounts/{ACCOUNT}/calls//legs", headers=h.auth)
+        assert r.status_code == 404
+        assert r.json()["response"]["error_data"]["code"] == 10744

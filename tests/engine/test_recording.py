@@ -53,6 +53,9 @@ async def test_dual_recording_puts_agent_left_and_customer_right(
         assert details["total_talk_time"] == 6
         recordings = details["recordings"]
         assert isinstance(recordings, list) and len(recordings) == 1
+        listing = await h.client.get("/v3/accounts/acme/calls", headers=h.auth)
+        [listed] = [i["call_details"] for i in listing.json()["response"]]
+        assert listed["recordings"] == recordings  # the listing gives the same full URLs
         mp3 = await fetch(h, recordings[0]["url"], headers=h.auth)
         nchannels, _, duration_s, (left, right) = decode_mp3(mp3)
         assert nchannels == 2

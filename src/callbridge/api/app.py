@@ -45,6 +45,7 @@ from callbridge.engine.reconciler import Reconciler, new_node_id
 from callbridge.errors import (
     AccountSidMissing,
     CallbridgeError,
+    LegsCallNotFound,
     MethodNotAllowed,
     NotFound,
     ValidationFailed,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _MISSING_ACCOUNT = re.compile(r"^/v[23]/accounts(//|/?$|/(calls|users)(/|$))")
 """An API path with no account sid in it (`/v3/accounts//calls/…`, `/v2/accounts/users`)."""
+_MISSING_CALL_LEGS = re.compile(r"^/v3/accounts/[^/]+/calls//legs$")
 
 
 DATABASE_RETRY_FIRST_S = 0.5
@@ -329,7 +331,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: CallbridgeError
-        if exc.status_code == 404 and _MISSING_ACCOUNT.match(request.url.path):
+        if exc.status_code == 404 and _MISSING_CALL_LEGS.match(request.url.path):
+            error = LegsCallNotFound("the path must name the call: …/calls/{call_sid}/legs")
+        elif exc.status_code == 404 and _MISSING_ACCOUNT.match(request.url.path):
             error = AccountSidMissing(
                 "the path must name the account: /v3/accounts/{account_sid}/…"
             )

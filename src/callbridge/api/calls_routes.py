@@ -142,8 +142,16 @@ async def list_calls(request: Request) -> Response:
     active = request.query_params.get("state") == "active"
     async with svc.store.read() as conn:
         found = await call_store.list_calls(conn, account.sid, limit=limit, active_only=active)
+
+    def recording_url(rid: str) -> str:
+        return svc.recording_url(rid, account.sid)
+
     items = [
-        {"code": 200, "status": "success", "call_details": call_details(c, account.timezone)}
+        {
+            "code": 200,
+            "status": "success",
+            "call_details": call_details(c, account.timezone, recording_url),
+        }
         for c in found
     ]
     return success(

@@ -44,11 +44,8 @@ def call_details(
         # total_duration is always end_time - start_time as the client reads them.
         shown = call.end_at.replace(microsecond=0) - call.start_at.replace(microsecond=0)
         total_duration = max(0, int(shown.total_seconds()))
-    talk: int | None = None
-    if call.state is CallState.TERMINAL:
-        talk = round(call.talk_time_s or 0.0)
-    elif call.talk_time_s is not None:
-        talk = round(call.talk_time_s)
+    # Known once the call is over (null while active, as Exotel answers).
+    talk = round(call.talk_time_s or 0.0) if call.state is CallState.TERMINAL else None
     recordings: list[dict[str, str]] | None = None
     if call.recordings:
         render = recording_url or (lambda rid: rid)
