@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy src/callbridge
 
 test: $(STAMP) check
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -rfER -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) bench/api.py
