@@ -13,10 +13,11 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Awaitable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _http import build_request, run_load
+from _http import LoadResult, build_request, run_load
 from _server import callbridge_server
 
 CONFIG = """
@@ -132,21 +133,10 @@ async def main(duration_s: float, concurrency: int) -> int:
             build_request("GET", f"/v3/accounts/bench/calls/{sid}", hostport, headers)
             for sid in sids[:5000]
         ]
-        # First while the POSTed calls are still ringing, talking and ending (the engine's
-        # work competes with the GETs), then on a quiet server, as the bare endpoint is.
-        busy_get = await run_load(
-            "GET while those calls end",
-            host,
-            port,
-            lambda i: get_requests[i % len(get_requests)],
-            concurrency=concurrency,
-            duration_s=duration_s,
-            server_pid=pid,
-        )
-        await wait_until_no_active_calls(host, port, headers)
-        results.append(
-            await run_load(
-                "GET /v3/.../calls/{sid}",
+
+        def measure_get(name: str) -> Awaitable[LoadResult]:
+            return run_load(
+                name,
                 host,
                 port,
                 lambda i: get_requests[i % len(get_requests)],
@@ -154,7 +144,12 @@ async def main(duration_s: float, concurrency: int) -> int:
                 duration_s=duration_s,
                 server_pid=pid,
             )
-        )
+
+        # First while the POSTed calls are still ringing, talking and ending (the engine's
+        # work competes with the GETs), then on a quiet server, as the bare endpoint is.
+        busy_get = await measure_get("GET while those calls end")
+        await wait_until_no_active_calls(host, port, headers)
+        results.append(await measure_get("GET /v3/.../calls/{sid}"))
         ringing = await run_load(
             "POST (agent keeps ringing)",
             host,

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings)
     if args.command == "migrate":
-        from callbridge.api.app import describe_db_error
+        from callbridge.store.repo import describe_db_error
         from callbridge.store.schema import upgrade_to_head
 
         try:
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is up to date")
         return 0
     from callbridge.admin import run as run_admin
-    from callbridge.api.app import describe_db_error
+    from callbridge.store.repo import describe_db_error
 
     missing = _missing_sqlite_file(settings)
     if missing is not None:
@@ -152,10 +152,10 @@ def _setting_error(exc: Any) -> str:
     return f"invalid setting {name}: {first.get('msg', 'invalid value')}"
 
 
-async def _apply_config_first(settings: Settings) -> None:
+async def _apply_config_first(settings: Settings) -> bool:
     """Apply the config file before serving, so that an error in it (a flow naming a user
-    that does not exist…) stops the start with its message. An unreachable database is left
-    to the server, which waits for it and answers 503 on /readyz meanwhile."""
+    that does not exist…) stops the start with its message. False when the database cannot
+    be reached: the server then waits for it (503 on /readyz) and applies the file itself."""
     from callbridge.clock import SystemClock
     from callbridge.config import apply_config, load_config
     from callbridge.store.repo import Store
@@ -168,8 +168,9 @@ async def _apply_config_first(settings: Settings) -> None:
         try:
             await ensure_schema(store)
         except Exception:
-            return
+            return False
         await apply_config(store, config, SystemClock())
+        return True
     finally:
         await store.close()
 
@@ -182,11 +183,13 @@ def _serve(settings: Settings) -> int:
 
     if settings.config is not None:
         try:
-            asyncio.run(_apply_config_first(settings))
+            if asyncio.run(_apply_config_first(settings)):
+                # Applied: the server need not parse and apply it a second time.
+                settings = settings.model_copy(update={"config": None})
         except ConfigError as exc:
             return _fail(str(exc), 2)
         except Exception as exc:  # e.g. an api_key the database already gives another account
-            from callbridge.api.app import describe_db_error
+            from callbridge.store.repo import describe_db_error
 
             return _fail(f"config cannot be applied: {describe_db_error(exc)}", 2)
     from callbridge.api.dashboard_routes import close_live_streams

@@ -84,6 +84,19 @@ def test_bad_settings_and_missing_config_are_one_line(tmp_path: Path) -> None:
     one_line_error(run("serve", "--config", str(bad), cwd=tmp_path), 2, "accounts")
 
 
+def test_a_config_error_found_while_applying_it_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "flows.toml"
+    config.write_text(
+        '[[accounts]]\nsid = "acme"\napi_key = "k"\napi_token = "t"\n'
+        'exophones = ["+912241499102"]\n\n[[accounts.flows]]\nname = "support"\n'
+        'connect = { destinations = [{ user_id = "nobody" }] }\n'
+    )
+    result = run(
+        "serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), cwd=tmp_path
+    )
+    one_line_error(result, 2, "destinations.0.user_id: no such user")
+
+
 def test_a_delivery_id_out_of_range_is_a_usage_error(tmp_path: Path, database: Path) -> None:
     result = run(
         "callbacks",

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,8 @@ def test_time_is_rendered_in_the_account_timezone_with_offset() -> None:
     assert format_time(None, "Asia/Kolkata") is None
 
 
-def test_call_details_has_exotel_fields_and_durations() -> None:
-    call = Call(
+def completed_call(start: datetime, end: datetime, **fields: Any) -> Call:
+    return Call(
         sid="a" * 32,
         account_sid="acme",
         direction=Direction.OUTBOUND,
@@ -26,13 +28,24 @@ def test_call_details_has_exotel_fields_and_durations() -> None:
         to_uri="+919800000001",
         state=CallState.TERMINAL,
         status=CallStatus.COMPLETED,
-        created_at=T0,
+        created_at=start,
+        updated_at=end,
+        start_at=start,
+        end_at=end,
+        **fields,
+    )
+
+
+def test_call_details_has_exotel_fields_and_durations() -> None:
+    call = replace(
+        completed_call(
+            T0,
+            T0.replace(minute=20, second=31),
+            talk_time_s=30.4,
+            custom_field="order-1",
+            recordings=("r1",),
+        ),
         updated_at=T0.replace(second=59),
-        start_at=T0,
-        end_at=T0.replace(minute=20, second=31),
-        talk_time_s=30.4,
-        custom_field="order-1",
-        recordings=("r1",),
     )
     details = call_details(call, "Asia/Kolkata", lambda rid: f"https://x/{rid}.mp3")
     assert list(details) == [
@@ -70,21 +83,7 @@ def test_total_duration_is_the_difference_of_the_shown_times(
 ) -> None:
     start = datetime(2026, 11, 27, 15, 49, 50, start_us, tzinfo=UTC)
     end = start.replace(microsecond=0) + timedelta(seconds=end_s, microseconds=end_us)
-    call = Call(
-        sid="b" * 32,
-        account_sid="acme",
-        direction=Direction.OUTBOUND,
-        virtual_number="+912241499102",
-        from_uri="+919900000001",
-        to_uri="+919800000001",
-        state=CallState.TERMINAL,
-        status=CallStatus.COMPLETED,
-        created_at=start,
-        updated_at=end,
-        start_at=start,
-        end_at=end,
-    )
-    details = call_details(call, "Asia/Kolkata")
+    details = call_details(completed_call(start, end), "Asia/Kolkata")
     shown_start = datetime.fromisoformat(details["start_time"])
     shown_end = datetime.fromisoformat(details["end_time"])
     assert details["total_duration"] == expected == (shown_end - shown_start).total_seconds()

@@ -33,12 +33,11 @@ from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
-from callbridge.api.urls import strip_credentials
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import ConfigError, apply_config, load_config
 from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
-from callbridge.domain.options import CallOptions
+from callbridge.domain.options import CallOptions, without_userinfo
 from callbridge.engine.core import CallEngine
 from callbridge.engine.media import CallMediaSession, MediaServices
 from callbridge.engine.reconciler import Reconciler, new_node_id
@@ -53,7 +52,7 @@ from callbridge.errors import (
 from callbridge.gcpolicy import GcPolicy
 from callbridge.media.service import RecordingService, build_storage
 from callbridge.settings import Settings
-from callbridge.store.repo import Store
+from callbridge.store.repo import Store, describe_db_error
 from callbridge.store.schema import ensure_schema
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
@@ -70,13 +69,6 @@ _MISSING_CALL_LEGS = re.compile(r"^/v3/accounts/[^/]+/calls//legs$")
 DATABASE_RETRY_FIRST_S = 0.5
 DATABASE_RETRY_MAX_S = 10.0
 """While the database cannot be reached at start, connect again with this backoff."""
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """One line about a database failure: the driver's own message, never the URL."""
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text[:200]}"
 
 
 def build_driver(settings: Settings, clock: Clock) -> TelephonyDriver:
@@ -155,7 +147,7 @@ def create_app(
             )
 
             async def check_stream_url(url: str) -> object:
-                return await guard.check(strip_credentials(url), WS_SCHEMES)
+                return await guard.check(without_userinfo(url), WS_SCHEMES)
 
             media_services = MediaServices.from_settings(
                 settings,

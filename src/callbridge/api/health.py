@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from callbridge.api.plain import plain_route
-from callbridge.api.services import services
+from callbridge.api.services import Services
 
 router = APIRouter()
 
@@ -19,12 +19,12 @@ async def healthz(request: Request) -> Response:
 
 @plain_route(router, "/readyz", "GET")
 async def readyz(request: Request) -> Response:
-    if getattr(request.app.state, "services", None) is None:
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is None:
         # Still waiting for the database at start.
         return JSONResponse(
             {"status": "not ready", "database": False, "driver": False}, status_code=503
         )
-    svc = services(request)
     database = await svc.store.ping()
     ready = svc.ready and database
     return JSONResponse(

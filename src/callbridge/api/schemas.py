@@ -50,29 +50,35 @@ Number = BeforeValidator(_not_a_boolean)
 """Marks a numeric field that must not accept JSON true/false."""
 
 
-def _flag(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError('must be true or false (a JSON boolean or the string "true"/"false")')
+def _words_as_bool(words: dict[str, bool], message: str) -> BeforeValidator:
+    """A JSON boolean, or one of `words` (any case) as a string."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        raise ValueError(message)
+
+    return BeforeValidator(convert)
 
 
-Flag = Annotated[bool, BeforeValidator(_flag)]
+_TRUE_FALSE = {"true": True, "false": False}
+
+Flag = Annotated[
+    bool,
+    _words_as_bool(
+        _TRUE_FALSE, 'must be true or false (a JSON boolean or the string "true"/"false")'
+    ),
+]
 """A boolean given as JSON true/false or as the string "true"/"false", as Exotel accepts."""
 
-_SWITCH_WORDS = {"on": True, "off": False, "true": True, "false": False}
-
-
-def _switch(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
-        return _SWITCH_WORDS[value.strip().lower()]
-    raise ValueError('must be true or false (or "ON"/"OFF")')
-
-
-Switch = Annotated[bool, BeforeValidator(_switch)]
+Switch = Annotated[
+    bool,
+    _words_as_bool(
+        {**_TRUE_FALSE, "on": True, "off": False}, 'must be true or false (or "ON"/"OFF")'
+    ),
+]
 """A device's ON/OFF: a JSON boolean, "true"/"false" or "ON"/"OFF"."""
 
 Seconds = Annotated[StrictInt, Number]
@@ -185,7 +191,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise ValidationFailed("request body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
-    where = _nul_at(data, "")
+    # Valid JSON carries a NUL only as the escape \u0000: walk the body only when it has one.
+    where = _nul_at(data, "") if b"\\u0000" in body else None
     if where is not None:
         # No database stores NUL in text (PostgreSQL refuses it): refuse it at the door.
         raise ValidationFailed(f"{where or 'body'}: NUL characters are not allowed")

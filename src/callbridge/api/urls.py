@@ -11,11 +11,6 @@ HTTP = ("http", "https")
 WS = ("ws", "wss")
 
 
-def strip_credentials(url: str) -> str:
-    """The URL without `user:pass@` (stream URLs may carry Basic credentials)."""
-    return without_userinfo(url)
-
-
 async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
     """Raise a 400 naming the field of the first URL that is malformed or not public."""
     checks: list[tuple[str, str, tuple[str, ...]]] = []
@@ -26,7 +21,7 @@ async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
     for i, playback in enumerate(options.playback):
         checks.append((f"playback.{i}.value", playback.url, HTTP))
     if options.streaming is not None:
-        checks.append(("streaming.url", strip_credentials(options.streaming.url), WS))
+        checks.append(("streaming.url", without_userinfo(options.streaming.url), WS))
     if options.streaming is not None:
         try:
             StreamTarget.parse(options.streaming.url)

@@ -39,6 +39,13 @@ def utc_required(value: datetime) -> datetime:
     return result
 
 
+def describe_db_error(exc: BaseException) -> str:
+    """One line about a database failure: the driver's own message, never the URL."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text[:200]}"
+
+
 def is_unique_violation(exc: IntegrityError) -> bool:
     text = str(exc.orig).lower()
     return "unique" in text or "duplicate" in text or "primary key" in text
