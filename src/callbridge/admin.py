@@ -10,7 +10,7 @@ import signal
 import sys
 
 from callbridge.clock import SystemClock
-from callbridge.engine.reconciler import new_node_id
+from callbridge.engine.lease import new_node_id
 from callbridge.settings import Settings
 from callbridge.store import outbox_log
 from callbridge.store.repo import Store

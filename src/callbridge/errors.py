@@ -127,5 +127,12 @@ class ServiceUnavailable(CallbridgeError):
     http_status, code, description = 503, 503, "Service unavailable"
 
 
+class NodeNotLeased(ServiceUnavailable):
+    """This node does not hold its cluster lease right now (it is renewing or re-joining)."""
+
+    def __init__(self, message: str = "this node is re-joining the cluster; try again") -> None:
+        super().__init__(message)
+
+
 class InternalError(CallbridgeError):
     http_status, code, description = 500, 1100, "Internal Server Error"

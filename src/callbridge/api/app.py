@@ -39,8 +39,9 @@ from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
 from callbridge.domain.options import CallOptions, without_userinfo
 from callbridge.engine.core import CallEngine
+from callbridge.engine.lease import NodeLease, new_node_id
 from callbridge.engine.media import CallMediaSession, MediaServices
-from callbridge.engine.reconciler import Reconciler, new_node_id
+from callbridge.engine.reconciler import Reconciler
 from callbridge.errors import (
     AccountSidMissing,
     CallbridgeError,
@@ -196,12 +197,20 @@ def create_app(
             )
             svc_holder["svc"] = svc
             app.state.services = svc
+            lease = NodeLease(
+                store=the_store,
+                clock=the_clock,
+                ttl_s=settings.lease_ttl_s,
+                interval_s=settings.heartbeat_interval_s,
+                node_id=the_node,
+            )
+            lease.on_lost = engine.end_all_calls
+            engine.lease = lease
             reconciler = Reconciler(
                 store=the_store,
                 clock=the_clock,
-                node_id=the_node,
+                lease=lease,
                 lease_ttl_s=settings.lease_ttl_s,
-                heartbeat_interval_s=settings.heartbeat_interval_s,
                 reconcile_interval_s=settings.reconcile_interval_s,
             )
             worker = DeliveryWorker.from_settings(
@@ -211,14 +220,20 @@ def create_app(
             reconciler.on_committed = worker.wake
             svc.extras["worker"] = worker
             svc.extras["reconciler"] = reconciler
+            svc.extras["lease"] = lease
             svc.extras["recordings"] = recordings
             svc.extras["media_http"] = media_http
             from callbridge.engine import inbound
 
             inbound.install(svc)
-            await reconciler.register()
+            # The lease first, renewed on its own task from now on: nothing the node does at
+            # start (ending a previous life's calls can take a while) may let it lapse.
+            await lease.register()
+            if run_background:
+                lease.start()
             await engine.start()
-            await reconciler.reconcile_once()
+            if not run_background:
+                await reconciler.reconcile_once()
             gc_policy = GcPolicy()
             worker_task: asyncio.Task[None] | None = None
             if run_background and settings.callbacks_in_process:
@@ -236,9 +251,10 @@ def create_app(
                 if isinstance(hub, LiveHub):
                     # Its pumps read the database: stop them before the store goes away.
                     await hub.close()
+                await reconciler.stop()
                 await engine.stop()
                 await gc_policy.stop()
-                await reconciler.stop()
+                await lease.stop()
                 if worker_task is not None:
                     await worker.stop()
                     with contextlib.suppress(asyncio.CancelledError):

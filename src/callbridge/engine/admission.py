@@ -34,6 +34,7 @@ async def admit_click_to_call(
 
     Raises the Exotel error for the first failed check, in SPEC §2.2's order."""
     account = request.account
+    engine.check_admitting()
     if (request.from_uri.is_sip or request.to_uri.is_sip) and not account.allow_voip:
         raise VoipNotAllowed(
             "SIP contact URIs are not allowed for this account (allow_voip is false)"

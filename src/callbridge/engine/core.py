@@ -25,6 +25,7 @@ from callbridge.store.repo import Store
 from callbridge.store.writer import BatchWriter
 from callbridge.telephony.base import LegEvent, TelephonyDriver
 
+from .lease import NodeLease
 from .writes import ADMIT, CHANGE, CallTakenOver, Change, admit_batch, apply_changes
 
 __all__ = [
@@ -206,12 +207,16 @@ class CallRunner:
             raise
 
     async def _taken_over(self) -> None:
-        """Another node ended this call while our lease had lapsed: let go of it quietly."""
+        """Another node ended this call while our lease had lapsed: let go of it quietly —
+        hang up every leg, stop its media (its recordings can no longer be attached)."""
         log.warning("call was ended by another node; letting go", extra={"call_sid": self.call.sid})
         self.finished = True
         self.cancel_all_timers()
         for leg_sid in list(self._legs):
             await self.hangup_quietly(leg_sid)
+        media, self.media = self.media, None
+        if media is not None:
+            await media.finish()
         self.engine.forget_snapshot(self.call.sid)
 
 
@@ -233,7 +238,9 @@ class CallEngine:
         self.store = store
         self.driver = driver
         self.clock = clock
-        self.node_id = node_id
+        self._node_id = node_id
+        self.lease: NodeLease | None = None
+        """When set, the node's lease: its id owns new calls and it must allow admissions."""
         self.media_factory = media_factory
         self.save_recordings = save_recordings
         self.recording_url = recording_url
@@ -261,6 +268,25 @@ class CallEngine:
         await self.settle()
         await self.driver.stop()
         await self.writer.stop()
+
+    @property
+    def node_id(self) -> str:
+        """The id that owns the calls this node starts now (it changes when the node rejoins
+        after losing its lease)."""
+        return self.lease.node_id if self.lease is not None else self._node_id
+
+    def check_admitting(self) -> None:
+        """Raise 503 unless this node may start a new call now (see `engine/lease.py`)."""
+        if self.lease is not None:
+            self.lease.check_admitting()
+
+    async def end_all_calls(self, reason: str) -> None:
+        """End every call this node runs, hanging up their legs; the driver keeps running.
+
+        Each end is a normal, fenced commit: a call another node already ended is let go."""
+        for runner in list(self._runners.values()):
+            runner.post(Shutdown(reason))
+        await self.settle()
 
     # -- runners ------------------------------------------------------------------------
 

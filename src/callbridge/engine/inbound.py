@@ -20,12 +20,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callbridge.domain.calls import Call, CallState, Direction, Leg, LegSide, LegStatus
 from callbridge.domain.flows import FlowDefinition
 from callbridge.domain.options import CallOptions
-from callbridge.errors import CallbridgeError, ServiceUnavailable, VirtualNumberNotFound
+from callbridge.errors import (
+    CallbridgeError,
+    NodeNotLeased,
+    ServiceUnavailable,
+    VirtualNumberNotFound,
+)
 from callbridge.ids import new_sid
 from callbridge.numbers import InvalidContactUri, normalise
 from callbridge.store import accounts as account_store
 from callbridge.store import calls as call_store
 from callbridge.store import flows as flow_store
+from callbridge.store import nodes as node_store
 from callbridge.telephony.base import DriverError, InboundCapable, IncomingCall
 from callbridge.webhooks.ssrf import UrlGuard
 
@@ -137,6 +143,7 @@ class InboundService:
     async def admit(self, incoming: IncomingCall) -> Call:
         """Create the call and its customer leg for the ExoPhone's flow, then start its runner."""
         engine = self.engine
+        engine.check_admitting()
         number = dialled_number(incoming.to_uri)
         now = engine.clock.now()
         async with self.services.store.read() as conn:
@@ -179,8 +186,12 @@ class InboundService:
             updated_at=now,
         )
 
+        owner = engine.node_id
+
         async def write(conn: AsyncConnection) -> None:
-            await call_store.insert_call(conn, call, options, engine.node_id)
+            if not await node_store.is_live(conn, owner):
+                raise NodeNotLeased()
+            await call_store.insert_call(conn, call, options, owner)
             await call_store.insert_leg(conn, from_leg)
 
         await engine.transaction(write)

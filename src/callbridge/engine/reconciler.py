@@ -1,9 +1,13 @@
-"""Leases: this node's heartbeat, and ending the calls and busy marks of nodes that died.
+"""Ending the calls and freeing the busy marks of nodes that died.
 
-A node renews its heartbeat every `heartbeat_interval_s`. Any node that finds another node
-silent for longer than `lease_ttl_s` ends that node's active calls as failed (legs that were
-still ringing or talking become `failed`/`completed` at the dead node's last heartbeat),
-frees their busy marks and queues their terminal callbacks, all in one transaction per call.
+Every pass, any node may declare dead a node whose heartbeat is older than `lease_ttl_s` (one
+conditional update, see `store/nodes.py`). The calls of dead or unknown owners are then ended in
+bounded batches: each batch locks its calls (SKIP LOCKED on PostgreSQL, so reconcilers on
+several nodes share the work instead of repeating it), and each call is ended by one
+conditional update — only while it is still active and still owned by the dead node — so
+exactly one writer ends it and only that writer frees its marks and queues its terminal
+callback. Legs that were still ringing or talking become `failed`/`completed` at the dead
+node's last heartbeat. The node's own lease is kept by `engine/lease.py`, on its own task.
 """
 
 from __future__ import annotations
@@ -11,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -36,8 +38,12 @@ from callbridge.store import busy as busy_store
 from callbridge.store import calls as call_store
 from callbridge.store import nodes as node_store
 from callbridge.store import outbox as outbox_store
-from callbridge.store import users as user_store
+from callbridge.store.bulk import update_rows
 from callbridge.store.repo import Store
+from callbridge.store.tables import legs as legs_table
+
+from .lease import NodeLease
+from .writes import LEG_UPDATE_COLUMNS, leg_update_row
 
 log = logging.getLogger(__name__)
 
@@ -94,135 +100,143 @@ def _outcome_of(status: LegStatus) -> LegOutcome:
     }.get(status, LegOutcome.FAILED)
 
 
-def new_node_id() -> str:
-    return f"{socket.gethostname()[:32]}-{os.getpid()}-{os.urandom(3).hex()}"
-
-
 class Reconciler:
-    """Keeps this node's lease alive and cleans up after dead nodes."""
+    """Periodically ends dead nodes' calls and frees their marks."""
 
     def __init__(
         self,
         *,
         store: Store,
         clock: Clock,
-        node_id: str,
+        lease: NodeLease,
         lease_ttl_s: float,
-        heartbeat_interval_s: float,
         reconcile_interval_s: float,
+        batch_size: int = call_store.ORPHAN_BATCH,
         on_committed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.node_id = node_id
+        self.lease = lease
         self.lease_ttl_s = lease_ttl_s
-        self.heartbeat_interval_s = heartbeat_interval_s
         self.reconcile_interval_s = reconcile_interval_s
+        self.batch_size = batch_size
         self.on_committed = on_committed
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self.calls_ended = 0
 
-    async def register(self) -> None:
-        async with self.store.tx() as conn:
-            await node_store.register_node(
-                conn, self.node_id, self.clock.now(), {"pid": os.getpid()}
-            )
-
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._loop(self.heartbeat_interval_s, self.heartbeat)),
-            asyncio.create_task(self._loop(self.reconcile_interval_s, self.reconcile_once)),
-        ]
+        """Reconcile now (a restarted node frees its previous life's agents at once), then
+        every `reconcile_interval_s`. The lease is renewed by its own task meanwhile."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="reconciler")
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        task, self._task = self._task, None
+        if task is not None:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
-        async with self.store.tx() as conn:
-            await node_store.remove_node(conn, self.node_id)
 
-    async def _loop(self, interval_s: float, step: object) -> None:
-        assert callable(step)
+    async def _run(self) -> None:
         while True:
-            await self.clock.sleep(interval_s)
             try:
-                await step()
+                await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("lease maintenance failed")
-
-    async def heartbeat(self) -> None:
-        async with self.store.tx() as conn:
-            alive = await node_store.heartbeat(conn, self.node_id, self.clock.now())
-            if not alive:
-                # Another node declared us dead (we stalled past the TTL) and ended our
-                # calls; rejoin so that new calls are leased again.
-                log.error("lease lost; re-registering node", extra={"node": self.node_id})
-                await node_store.register_node(
-                    conn, self.node_id, self.clock.now(), {"pid": os.getpid()}
-                )
+                log.exception("reconciling dead nodes failed")
+            await self.clock.sleep(self.reconcile_interval_s)
 
     async def reconcile_once(self) -> int:
-        """End calls of dead or unknown owners and free their marks; returns calls ended."""
+        """Declare silent nodes dead, end their calls and free their marks; returns calls ended."""
         now = self.clock.now()
-        async with self.store.read() as conn:
-            live, dead = await node_store.live_and_dead_nodes(conn, now, self.lease_ttl_s)
-            if self.node_id not in live:
-                live.append(self.node_id)
-            orphans = await call_store.active_calls_without_live_owner(conn, live)
-        ended = 0
-        for call, owner in orphans:
-            ended += await self._end_orphan(call, dead.get(owner or "", now))
         async with self.store.tx() as conn:
-            freed_pairs = await busy_store.release_orphan_marks(conn, live)
-            by_account: dict[str, list[str]] = {}
-            for account_sid, uri in freed_pairs:
-                by_account.setdefault(account_sid, []).append(uri)
-            for account_sid, uris in by_account.items():
-                await user_store.apply_pending_availability(conn, account_sid, uris, now)
-            freed = len(freed_pairs)
-            for node_id in dead:
-                await node_store.remove_node(conn, node_id)
-        if ended or freed:
+            declared = await node_store.declare_dead(
+                conn, now=now, ttl_s=self.lease_ttl_s, except_node=self.lease.node_id
+            )
+        if declared:
+            log.warning("nodes declared dead", extra={"dead_nodes": ",".join(declared)})
+        ended = 0
+        while True:
+            count, full = await self._end_orphan_batch()
+            ended += count
+            if not full:
+                break
+            await asyncio.sleep(0)  # let the node's own calls and requests run between batches
+        async with self.store.tx() as conn:
+            freed = await busy_store.release_marks_of_dead_owners(conn)
+            await busy_store.after_marks_freed(conn, freed, now)
+            forgotten = await node_store.forget_finished_dead(conn)
+        if ended or freed or forgotten:
             log.warning(
                 "reconciled dead nodes",
-                extra={"calls_ended": ended, "marks_freed": freed, "dead_nodes": len(dead)},
+                extra={"calls_ended": ended, "marks_freed": len(freed), "nodes_removed": forgotten},
             )
         self.calls_ended += ended
         return ended
 
-    async def _end_orphan(self, call: Call, ended_at: datetime) -> int:
+    async def _end_orphan_batch(self) -> tuple[int, bool]:
+        """End one batch of orphaned calls in one transaction; (calls ended, batch was full)."""
         async with self.store.tx() as conn:
-            current = await call_store.get_call(conn, call.account_sid, call.sid)
-            if current is None or current.state is CallState.TERMINAL:
-                return 0
-            legs = await call_store.get_legs(conn, call.sid)
-            final_call, final_legs = orphan_final_state(current, legs, ended_at)
-            await call_store.update_call(conn, final_call)
-            for leg in final_legs:
-                await call_store.update_leg(conn, leg)
-            freed = await busy_store.release_call_marks(conn, call.sid)
-            await user_store.apply_pending_availability(
-                conn, call.account_sid, [uri for _, uri in freed], final_call.updated_at
-            )
-            options = await call_store.get_call_options(conn, call.sid)
-            account = await account_store.get_account(conn, call.account_sid)
-            if options is not None and options.status_callbacks and account is not None:
-                await outbox_store.enqueue_events(
-                    conn,
-                    account_sid=call.account_sid,
-                    call_sid=call.sid,
-                    event_type=CallbackEvent.TERMINAL,
-                    callbacks=options.status_callbacks,
-                    call_details=callback_details(
-                        final_call, final_legs, account.timezone, v2_agent=options.v2_agent
-                    ),
-                    now=final_call.updated_at,
+            batch = await call_store.lock_orphan_calls(conn, self.batch_size)
+            if not batch:
+                return 0, False
+            now = self.clock.now()
+            last_beats = await node_store.dead_heartbeats(conn)
+            all_legs = await call_store.legs_of_calls(conn, [call.sid for call, _, _ in batch])
+            timezones: dict[str, str] = {}
+            ended_legs: list[Leg] = []
+            events: list[outbox_store.EventToEnqueue] = []
+            won: list[Call] = []
+            for call, owner, options in batch:
+                ended_at = last_beats.get(owner or "", now)
+                final_call, final_legs = orphan_final_state(call, all_legs[call.sid], ended_at)
+                if not await call_store.end_if_owned(conn, final_call, owner):
+                    continue
+                won.append(final_call)
+                ended_legs += final_legs
+                log.info(
+                    "orphaned call ended",
+                    extra={
+                        "call_sid": call.sid,
+                        "owner": owner,
+                        "node": self.lease.node_id,
+                        "status": final_call.status,
+                    },
                 )
-        if self.on_committed is not None:
+                if not options.status_callbacks:
+                    continue
+                if call.account_sid not in timezones:
+                    account = await account_store.get_account(conn, call.account_sid)
+                    timezones[call.account_sid] = account.timezone if account else "Asia/Kolkata"
+                events.append(
+                    outbox_store.EventToEnqueue(
+                        account_sid=call.account_sid,
+                        call_sid=call.sid,
+                        event_type=CallbackEvent.TERMINAL,
+                        callbacks=options.status_callbacks,
+                        call_details=callback_details(
+                            final_call,
+                            final_legs,
+                            timezones[call.account_sid],
+                            v2_agent=options.v2_agent,
+                        ),
+                        now=final_call.updated_at,
+                    )
+                )
+            await update_rows(
+                conn,
+                legs_table,
+                "sid",
+                LEG_UPDATE_COLUMNS,
+                [leg_update_row(leg) for leg in ended_legs],
+            )
+            if won:
+                await busy_store.release_marks_of_calls(
+                    conn, [c.sid for c in won], max(c.updated_at for c in won)
+                )
+            await outbox_store.enqueue_events_many(conn, events)
+        if events and self.on_committed is not None:
             self.on_committed()
-        return 1
+        # A full batch means more may wait; one where nothing was won cannot repeat forever.
+        return len(won), len(batch) == self.batch_size and bool(won)

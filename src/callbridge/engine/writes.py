@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,9 +21,10 @@ from callbridge.domain.calls import Call, CallState, Leg
 from callbridge.domain.options import CallbackEvent, CallOptions
 from callbridge.domain.presence import DeviceSnapshot, device_refusal
 from callbridge.domain.views import callback_details
-from callbridge.errors import CallbridgeError, DeviceBusy, VirtualNumberNotFound
+from callbridge.errors import CallbridgeError, DeviceBusy, NodeNotLeased, VirtualNumberNotFound
+from callbridge.store import busy as busy_store
+from callbridge.store import nodes as node_store
 from callbridge.store import outbox as outbox_store
-from callbridge.store import users as user_store
 from callbridge.store.bulk import (
     insert_rows,
     placeholders,
@@ -100,10 +101,18 @@ async def admit_batch(
     )
     for r in rows:
         found[(r[0], r[1])] = r
+    leased = {
+        owner for owner in {j.owner_node for j in jobs} if await node_store.is_live(conn, owner)
+    }
     results: list[Admitted | CallbridgeError | None] = []
     candidates: list[tuple[int, Admission]] = []
     for index, job in enumerate(jobs):
         call = job.call
+        if job.owner_node not in leased:
+            # Declared dead by a peer (it stalled past the lease): a call written under this
+            # node now would be ended by that peer while its phones ring.
+            results.append(NodeNotLeased())
+            continue
         if (call.account_sid, call.virtual_number) not in known_phones:
             results.append(
                 VirtualNumberNotFound(
@@ -279,8 +288,13 @@ async def _mark_busy_many(
     return {r[0] for r in await conn.execute(statement)}
 
 
-async def _terminal_calls(conn: AsyncConnection, sids: list[str]) -> set[str]:
-    """Which of these calls the database already holds as terminal."""
+async def _lock_and_find_terminal(conn: AsyncConnection, sids: list[str]) -> set[str]:
+    """Which of these calls the database already holds as terminal (another node ended them).
+
+    On PostgreSQL every one of the calls is row-locked until this transaction commits, in sid
+    order, so a reconciler ending one of them waits for this change and then sees its result
+    (and this check sees a reconciler's committed end): the two never both end a call. SQLite
+    writers are serialised by BEGIN IMMEDIATE already."""
     if conn.dialect.name == "sqlite":
         rows = await sqlite_fetch_all(
             conn,
@@ -289,9 +303,12 @@ async def _terminal_calls(conn: AsyncConnection, sids: list[str]) -> set[str]:
         )
         return {r[0] for r in rows}
     result = await conn.execute(
-        select(calls.c.sid).where(calls.c.sid.in_(sids), calls.c.state == CallState.TERMINAL.value)
+        select(calls.c.sid, calls.c.state)
+        .where(calls.c.sid.in_(sids))
+        .order_by(calls.c.sid)
+        .with_for_update()
     )
-    return {r[0] for r in result}
+    return {sid for sid, state in result if state == CallState.TERMINAL.value}
 
 
 class CallTakenOver(Exception):
@@ -305,7 +322,7 @@ async def apply_changes(
     """Commit many calls' changes with one statement per table, in the order given; a change
     to a call another node already ended is refused with CallTakenOver."""
     sids = sorted({c.call.sid for c in all_changes})
-    taken = await _terminal_calls(conn, sids)
+    taken = await _lock_and_find_terminal(conn, sids)
     changes = [c for c in all_changes if c.call.sid not in taken]
     await insert_rows(
         conn, legs, LEG_INSERT_COLUMNS, [leg_insert_row(leg) for c in changes for leg in c.new_legs]
@@ -322,35 +339,9 @@ async def apply_changes(
     )
     releasing = [c for c in changes if c.release_marks]
     if releasing:
-        sids = [c.call.sid for c in releasing]
-        freed = (
-            await conn.execute(
-                select(busy_marks.c.account_sid, busy_marks.c.contact_uri).where(
-                    busy_marks.c.call_sid.in_(sids)
-                )
-            )
-        ).all()
-        if freed:
-            await conn.execute(delete(busy_marks).where(busy_marks.c.call_sid.in_(sids)))
-            by_account: dict[str, list[str]] = {}
-            for account_sid, uri in freed:
-                by_account.setdefault(account_sid, []).append(uri)
-            now = max(c.call.updated_at for c in releasing)
-            for account_sid, freed_uris in by_account.items():
-                await user_store.apply_pending_availability(conn, account_sid, freed_uris, now)
-                # Longest-idle routing counts every kind of call, outbound included.
-                await conn.execute(
-                    update(users)
-                    .where(
-                        users.c.id.in_(
-                            select(devices.c.user_id).where(
-                                devices.c.account_sid == account_sid,
-                                devices.c.contact_uri.in_(freed_uris),
-                            )
-                        )
-                    )
-                    .values(last_call_ended_at=now)
-                )
+        await busy_store.release_marks_of_calls(
+            conn, [c.call.sid for c in releasing], max(c.call.updated_at for c in releasing)
+        )
     await outbox_store.enqueue_events_many(
         conn,
         [

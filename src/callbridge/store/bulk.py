@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Table, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 Adapter = Callable[[Any], Any]
@@ -111,9 +112,15 @@ def placeholders(count: int) -> str:
 
 
 async def insert_rows(
-    conn: AsyncConnection, table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
+    conn: AsyncConnection,
+    table: Table,
+    columns: tuple[str, ...],
+    rows: Sequence[Sequence[Any]],
+    *,
+    skip_conflicts: bool = False,
 ) -> None:
-    """INSERT many rows given as tuples in `columns` order."""
+    """INSERT many rows given as tuples in `columns` order; with `skip_conflicts`, a row that
+    would violate a unique key is skipped (`ON CONFLICT DO NOTHING`) instead of failing."""
     if not rows:
         return
     if conn.dialect.name == "sqlite":
@@ -121,9 +128,12 @@ async def insert_rows(
             f"INSERT INTO {table.name} ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)})"
         )
+        if skip_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
         await sqlite_execute_many(conn, sql, _adapt(table, columns, rows))
         return
-    await conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+    statement = pg_insert(table).on_conflict_do_nothing() if skip_conflicts else insert(table)
+    await conn.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 async def update_rows(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callbridge.store import users as user_store
 from callbridge.store.repo import is_unique_violation
-from callbridge.store.tables import busy_marks
+from callbridge.store.tables import busy_marks, devices, nodes, users
 
 
 class AlreadyBusy(Exception):
@@ -46,20 +47,6 @@ async def mark_busy(
         raise
 
 
-async def release_call_marks(conn: AsyncConnection, call_sid: str) -> list[tuple[str, str]]:
-    """Delete every mark of a call; returns the (account_sid, contact_uri) pairs freed."""
-    rows = (
-        await conn.execute(
-            select(busy_marks.c.account_sid, busy_marks.c.contact_uri).where(
-                busy_marks.c.call_sid == call_sid
-            )
-        )
-    ).all()
-    if rows:
-        await conn.execute(delete(busy_marks).where(busy_marks.c.call_sid == call_sid))
-    return [(r[0], r[1]) for r in rows]
-
-
 async def busy_uris(conn: AsyncConnection, account_sid: str, uris: Sequence[str]) -> dict[str, str]:
     """Which of `uris` are busy now, mapped to the call that holds them."""
     if not uris:
@@ -72,18 +59,59 @@ async def busy_uris(conn: AsyncConnection, account_sid: str, uris: Sequence[str]
     return {r[0]: r[1] for r in rows}
 
 
-async def release_orphan_marks(
-    conn: AsyncConnection, live_nodes: Sequence[str]
+async def release_marks_of_dead_owners(conn: AsyncConnection) -> list[tuple[str, str]]:
+    """Delete marks whose owner node is unknown or declared dead; returns the pairs freed.
+
+    One statement, so a node that registers meanwhile never loses a mark: it commits its own
+    node row before it can commit a mark."""
+    owner_live = exists().where(
+        and_(nodes.c.id == busy_marks.c.owner_node, nodes.c.dead_at.is_(None))
+    )
+    result = await conn.execute(
+        delete(busy_marks)
+        .where(~owner_live)
+        .returning(busy_marks.c.account_sid, busy_marks.c.contact_uri)
+    )
+    return [(r[0], r[1]) for r in result]
+
+
+async def release_marks_of_calls(
+    conn: AsyncConnection, call_sids: Sequence[str], now: datetime
 ) -> list[tuple[str, str]]:
-    """Delete marks whose owner node is gone (its lease expired); returns the pairs freed."""
-    owner_gone = busy_marks.c.owner_node.not_in(list(live_nodes)) if live_nodes else None
-    query = select(busy_marks.c.account_sid, busy_marks.c.contact_uri)
-    if owner_gone is not None:
-        query = query.where(owner_gone)
-    freed = [(r[0], r[1]) for r in (await conn.execute(query)).all()]
-    if freed:
-        removal = delete(busy_marks)
-        if owner_gone is not None:
-            removal = removal.where(owner_gone)
-        await conn.execute(removal)
+    """Free every mark these (ended) calls hold, apply the availability changes their agents
+    deferred, and record when those agents became idle (longest-idle routing counts every kind
+    of call). Returns the (account_sid, contact_uri) pairs freed."""
+    if not call_sids:
+        return []
+    freed = [
+        (r[0], r[1])
+        for r in await conn.execute(
+            delete(busy_marks)
+            .where(busy_marks.c.call_sid.in_(list(call_sids)))
+            .returning(busy_marks.c.account_sid, busy_marks.c.contact_uri)
+        )
+    ]
+    await after_marks_freed(conn, freed, now)
     return freed
+
+
+async def after_marks_freed(
+    conn: AsyncConnection, freed: Sequence[tuple[str, str]], now: datetime
+) -> None:
+    """Apply deferred availability changes and idle times of agents whose marks were freed."""
+    by_account: dict[str, list[str]] = {}
+    for account_sid, uri in freed:
+        by_account.setdefault(account_sid, []).append(uri)
+    for account_sid, uris in by_account.items():
+        await user_store.apply_pending_availability(conn, account_sid, uris, now)
+        await conn.execute(
+            update(users)
+            .where(
+                users.c.id.in_(
+                    select(devices.c.user_id).where(
+                        devices.c.account_sid == account_sid, devices.c.contact_uri.in_(uris)
+                    )
+                )
+            )
+            .values(last_call_ended_at=now)
+        )

@@ -18,6 +18,7 @@ from callbridge.domain.calls import (
     LegStatus,
 )
 from callbridge.domain.options import CallOptions
+from callbridge.store.nodes import owner_not_live
 from callbridge.store.repo import utc, utc_required
 from callbridge.store.tables import calls, legs
 
@@ -155,17 +156,62 @@ async def get_legs(conn: AsyncConnection, call_sid: str) -> list[Leg]:
     return [leg_from_row(r) for r in rows]
 
 
-async def active_calls_without_live_owner(
-    conn: AsyncConnection, live_nodes: Sequence[str]
-) -> list[tuple[Call, str | None]]:
-    """Active calls whose owner node is not live, with that owner's id."""
-    query = select(calls).where(calls.c.state == CallState.ACTIVE.value)
-    if live_nodes:
-        query = query.where(
-            (calls.c.owner_node.is_(None)) | (calls.c.owner_node.not_in(live_nodes))
-        )
+ORPHAN_BATCH = 100
+"""Orphaned calls ended per transaction: bounded, so a node with thousands of orphans to end
+never holds a long transaction (and its own lease keeps renewing beside it)."""
+
+
+async def lock_orphan_calls(
+    conn: AsyncConnection, limit: int = ORPHAN_BATCH
+) -> list[tuple[Call, str | None, CallOptions]]:
+    """Up to `limit` active calls whose owner node is not live, with that owner and the call's
+    options. On PostgreSQL the rows stay locked until the transaction ends and rows another
+    node is ending are skipped (SKIP LOCKED), so two reconcilers never work on the same call."""
+    query = (
+        select(calls)
+        .where(calls.c.state == CallState.ACTIVE.value, owner_not_live())
+        .order_by(calls.c.sid)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=calls)
     rows = await conn.execute(query)
-    return [(call_from_row(r), r._mapping["owner_node"]) for r in rows]
+    return [
+        (call_from_row(r), r._mapping["owner_node"], CallOptions.from_json(r._mapping["options"]))
+        for r in rows
+    ]
+
+
+async def end_if_owned(conn: AsyncConnection, call: Call, owner_node: str | None) -> bool:
+    """Write `call` (terminal) only if it is still active and still owned by `owner_node`: the
+    fence that lets exactly one writer end an orphaned call. True if this writer won."""
+    result = await conn.execute(
+        update(calls)
+        .where(
+            calls.c.sid == call.sid,
+            calls.c.state == CallState.ACTIVE.value,
+            calls.c.owner_node.is_not_distinct_from(owner_node),
+        )
+        .values(**call_values(call))
+        .returning(calls.c.sid)
+    )
+    return result.first() is not None
+
+
+async def legs_of_calls(conn: AsyncConnection, call_sids: Sequence[str]) -> dict[str, list[Leg]]:
+    """Every leg of these calls, per call, in side and sequence order."""
+    found: dict[str, list[Leg]] = {sid: [] for sid in call_sids}
+    if not call_sids:
+        return found
+    rows = await conn.execute(
+        select(legs)
+        .where(legs.c.call_sid.in_(list(call_sids)))
+        .order_by(legs.c.call_sid, legs.c.side, legs.c.seq)
+    )
+    for r in rows:
+        leg = leg_from_row(r)
+        found[leg.call_sid].append(leg)
+    return found
 
 
 async def list_calls(

@@ -6,13 +6,15 @@ All datetimes are aware UTC; SQLite hands back naive values, which are read as U
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.domain.callbacks import build_payload
@@ -20,6 +22,8 @@ from callbridge.domain.options import CallbackEvent, StatusCallback
 from callbridge.ids import new_sid
 from callbridge.store.bulk import insert_rows
 from callbridge.store.tables import outbox
+
+log = logging.getLogger(__name__)
 
 GONE_PREFIX = "gone:"
 """`last_error` of rows dead because their URL answered 410; later events for the same call and
@@ -114,62 +118,9 @@ def outbox_row(r: Row[Any] | Mapping[str, Any]) -> OutboxRow:
 # --- enqueue ---------------------------------------------------------------------------------
 
 
-async def enqueue_events(
-    conn: AsyncConnection,
-    *,
-    account_sid: str,
-    call_sid: str,
-    event_type: CallbackEvent | str,
-    callbacks: Sequence[StatusCallback],
-    call_details: Mapping[str, Any],
-    now: datetime,
-) -> list[str]:
-    """Insert one pending row per callback subscribed to `event_type`; returns their event sids.
-
-    Call inside the transaction that records the call's state change, then wake the worker after
-    commit. Does no network I/O: URLs were checked when the call was accepted and are checked
-    again at send time. An event for a (call, URL) that already answered 410 is stored dead.
-    """
-    event = CallbackEvent(event_type)
-    matching = [cb for cb in callbacks if cb.event == event]
-    if not matching:
-        return []
-    now = to_utc(now)
-    payload = build_payload(event, call_details)
-    urls = sorted({cb.url for cb in matching})
-    gone_rows = await conn.execute(
-        select(outbox.c.url)
-        .where(
-            outbox.c.call_sid == call_sid,
-            outbox.c.url.in_(urls),
-            outbox.c.status == OutboxStatus.DEAD.value,
-            outbox.c.last_error.like(f"{GONE_PREFIX}%"),
-        )
-        .distinct()
-    )
-    gone = {r[0] for r in gone_rows}
-    rows: list[dict[str, Any]] = []
-    for cb in matching:
-        is_gone = cb.url in gone
-        rows.append(
-            {
-                "event_sid": new_sid(),
-                "account_sid": account_sid,
-                "call_sid": call_sid,
-                "event_type": event.value,
-                "url": cb.url,
-                "method": cb.method.value,
-                "content_type": cb.content_type.value,
-                "payload": payload,
-                "status": (OutboxStatus.DEAD if is_gone else OutboxStatus.PENDING).value,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "last_error": GONE_FOLLOWER_ERROR if is_gone else None,
-                "created_at": now,
-            }
-        )
-    await conn.execute(outbox.insert(), rows)
-    return [r["event_sid"] for r in rows]
+def terminal_key(url: str) -> str:
+    """The `terminal_key` of a terminal event for `url`: its unique key within the call."""
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,32 +147,79 @@ _OUTBOX_COLUMNS = (
     "next_attempt_at",
     "last_error",
     "created_at",
+    "terminal_key",
 )
 
 
-async def enqueue_events_many(conn: AsyncConnection, events: Sequence[EventToEnqueue]) -> int:
+async def enqueue_events(
+    conn: AsyncConnection,
+    *,
+    account_sid: str,
+    call_sid: str,
+    event_type: CallbackEvent | str,
+    callbacks: Sequence[StatusCallback],
+    call_details: Mapping[str, Any],
+    now: datetime,
+) -> list[str]:
+    """Insert one pending row per callback subscribed to `event_type`; returns their event sids.
+
+    Call inside the transaction that records the call's state change, then wake the worker after
+    commit. Does no network I/O: URLs were checked when the call was accepted and are checked
+    again at send time. An event for a (call, URL) that already answered 410 is stored dead.
+    """
+    event = EventToEnqueue(
+        account_sid, call_sid, CallbackEvent(event_type), callbacks, call_details, now
+    )
+    return await enqueue_events_many(conn, [event])
+
+
+async def enqueue_events_many(conn: AsyncConnection, events: Sequence[EventToEnqueue]) -> list[str]:
     """`enqueue_events` for many calls' events at once (the engine's group commit): one query
-    for earlier 410s, one multi-row insert, rows in the order given. Returns rows written."""
+    for earlier 410s and terminal events, one multi-row insert, rows in the order given.
+    Returns the event sids written.
+
+    A call gets at most one terminal event per URL: one already in the table (or earlier in
+    `events`) is not written again, and the unique `terminal_key` refuses a concurrent writer's
+    duplicate (the insert skips it), so no path can report a call's end twice."""
     wanted = [(e, [cb for cb in e.callbacks if cb.event == e.event_type]) for e in events]
     wanted = [(e, cbs) for e, cbs in wanted if cbs]
     if not wanted:
-        return 0
+        return []
     call_sids = sorted({e.call_sid for e, _ in wanted})
-    gone_rows = await conn.execute(
-        select(outbox.c.call_sid, outbox.c.url)
-        .where(
+    known = await conn.execute(
+        select(outbox.c.call_sid, outbox.c.url, outbox.c.terminal_key).where(
             outbox.c.call_sid.in_(call_sids),
-            outbox.c.status == OutboxStatus.DEAD.value,
-            outbox.c.last_error.like(f"{GONE_PREFIX}%"),
+            or_(
+                outbox.c.terminal_key.is_not(None),
+                and_(
+                    outbox.c.status == OutboxStatus.DEAD.value,
+                    outbox.c.last_error.like(f"{GONE_PREFIX}%"),
+                ),
+            ),
         )
-        .distinct()
     )
-    gone = {(r[0], r[1]) for r in gone_rows}
+    gone: set[tuple[str, str]] = set()
+    terminal_done: set[tuple[str, str]] = set()
+    for sid, url, key in known:
+        if key is not None:
+            terminal_done.add((sid, key))
+        else:
+            gone.add((sid, url))
     rows: list[tuple[Any, ...]] = []
     for event, matching in wanted:
         now = to_utc(event.now)
         payload = build_payload(event.event_type, event.call_details)
         for cb in matching:
+            key = None
+            if event.event_type is CallbackEvent.TERMINAL:
+                key = terminal_key(cb.url)
+                if (event.call_sid, key) in terminal_done:
+                    log.warning(
+                        "terminal callback already queued; not queued again",
+                        extra={"call_sid": event.call_sid},
+                    )
+                    continue
+                terminal_done.add((event.call_sid, key))
             is_gone = (event.call_sid, cb.url) in gone
             rows.append(
                 (
@@ -238,7 +236,8 @@ async def enqueue_events_many(conn: AsyncConnection, events: Sequence[EventToEnq
                     now,
                     GONE_FOLLOWER_ERROR if is_gone else None,
                     now,
+                    key,
                 )
             )
-    await insert_rows(conn, outbox, _OUTBOX_COLUMNS, rows)
-    return len(rows)
+    await insert_rows(conn, outbox, _OUTBOX_COLUMNS, rows, skip_conflicts=True)
+    return [r[0] for r in rows]

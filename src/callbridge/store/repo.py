@@ -95,6 +95,7 @@ class Store:
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
             )
             self.read_engine = self.write_engine
+        self._lease_engine: AsyncEngine | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -108,6 +109,19 @@ class Store:
     async def tx(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed on normal exit, rolled back on error."""
         async with self.write_engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def lease_tx(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for lease heartbeats. On PostgreSQL it has a connection of its
+        own, so a busy pool never delays a heartbeat; SQLite has one writer connection."""
+        if self.is_sqlite:
+            async with self.tx() as conn:
+                yield conn
+            return
+        if self._lease_engine is None:
+            self._lease_engine = create_async_engine(self.url, pool_size=1, max_overflow=0)
+        async with self._lease_engine.begin() as conn:
             yield conn
 
     @asynccontextmanager
@@ -131,6 +145,8 @@ class Store:
         return True
 
     async def close(self) -> None:
+        if self._lease_engine is not None:
+            await self._lease_engine.dispose()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

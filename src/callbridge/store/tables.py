@@ -190,9 +190,11 @@ nodes = Table(
     Column("started_at", TZ, nullable=False),
     Column("heartbeat_at", TZ, nullable=False),
     Column("info", JSON, nullable=True),
+    Column("dead_at", TZ, nullable=True),
 )
-"""Live server processes. Busy marks and calls are leases of their owner node: a node whose
-heartbeat is older than the lease TTL is dead, and survivors end its calls."""
+"""Server processes. Busy marks and calls are leases of their owner node: a node whose
+heartbeat is older than the lease TTL is declared dead (`dead_at`) by a peer, can no longer
+renew, and any node ends its calls; the row goes once none of its calls is active."""
 
 outbox = Table(
     "outbox",
@@ -216,10 +218,14 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", TZ, nullable=False),
     Column("delivered_at", TZ, nullable=True),
+    Column("terminal_key", String(64), nullable=True),
     Index("ix_outbox_due", "status", "next_attempt_at"),
     Index("ix_outbox_call", "call_sid", "url", "id"),
+    Index("ux_outbox_terminal", "call_sid", "terminal_key", unique=True),
 )
-"""Status-callback events, written in the same transaction as the call state change."""
+"""Status-callback events, written in the same transaction as the call state change.
+`terminal_key` (sha256 of the URL, terminal events only) makes a second terminal event for the
+same call and URL a unique violation: no path can queue a call's end twice."""
 
 callback_attempts = Table(
     "callback_attempts",
