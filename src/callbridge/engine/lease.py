@@ -129,7 +129,7 @@ class NodeLease:
         """One heartbeat, and the state it leads to."""
         started = self.clock.monotonic()
         try:
-            async with asyncio.timeout(max(self.ttl_s / 2, 0.1)):
+            async with asyncio.timeout(self.ttl_s):
                 async with self.store.lease_tx() as conn:
                     alive = await node_store.heartbeat(conn, self.node_id, self.clock.now())
         except Exception as exc:

@@ -195,7 +195,7 @@ class Reconciler:
                     continue
                 won.append(final_call)
                 ended_legs += final_legs
-                log.info(
+                log.warning(
                     "orphaned call ended",
                     extra={
                         "call_sid": call.sid,

@@ -38,11 +38,12 @@ async def heartbeat(conn: AsyncConnection, node_id: str, now: datetime) -> bool:
 
 
 async def is_live(conn: AsyncConnection, node_id: str) -> bool:
-    """Whether `node_id` holds its lease. On PostgreSQL the row is share-locked until the
-    transaction ends, so no peer can declare the node dead while it is writing under it."""
+    """Whether `node_id` still holds its lease (no peer declared it dead).
+
+    A plain read, not a lock: a lock here would make the node's own heartbeat wait for the
+    writer's transaction. A node only writes calls while its own view of the lease is young
+    (see `engine/lease.py`), and peers declare it dead only once it is a whole TTL old."""
     query = select(nodes.c.id).where(nodes.c.id == node_id, nodes.c.dead_at.is_(None))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
     return (await conn.execute(query)).first() is not None
 
 
