@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callbridge.domain.options import CallbackEvent, CallbackMethod, StatusCallback
@@ -315,3 +315,66 @@ async def test_a_claim_ignores_rows_of_other_statuses(engine: AsyncEngine) -> No
     async with engine.begin() as conn:
         await conn.execute(update(outbox).values(status="delivered"))
     assert await claim(engine) == []
+
+
+async def test_a_second_terminal_event_for_the_same_call_and_url_is_never_queued(
+    engine: AsyncEngine,
+) -> None:
+    first = await enqueue(engine, CallbackEvent.TERMINAL)
+    again = await enqueue(engine, CallbackEvent.TERMINAL)
+    assert len(first) == 2 and again == []
+    # Answered events are not unique; another call to the same URL is its own.
+    assert len(await enqueue(engine, CallbackEvent.ANSWERED)) == 1
+    assert len(await enqueue(engine, CallbackEvent.TERMINAL, call_sid="call2")) == 2
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(outbox.c.call_sid, outbox.c.event_type, outbox.c.url).order_by(outbox.c.id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("call1", "terminal", URL_A),
+        ("call1", "terminal", URL_B),
+        ("call1", "answered", URL_A),
+        ("call2", "terminal", URL_A),
+        ("call2", "terminal", URL_B),
+    ]
+
+
+async def test_the_unique_key_refuses_a_concurrent_writers_duplicate_terminal_event(
+    engine: AsyncEngine,
+) -> None:
+    """Two transactions that both miss each other's row (neither committed yet): the unique
+    key makes the second wait for the first and then skip its duplicate."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers before they read (BEGIN IMMEDIATE)")
+    only_a = (StatusCallback(CallbackEvent.TERMINAL, URL_A),)
+    async with engine.begin() as first:
+        await enqueue_events(
+            first,
+            account_sid="acme",
+            call_sid="call1",
+            event_type=CallbackEvent.TERMINAL,
+            callbacks=only_a,
+            call_details={"sid": "call1", "by": "first"},
+            now=T0,
+        )
+        second = asyncio.create_task(enqueue(engine, CallbackEvent.TERMINAL, callbacks=only_a))
+        async with engine.connect() as watcher:
+            async with asyncio.timeout(10):
+                while not await watcher.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ):
+                    await watcher.rollback()
+                    await asyncio.sleep(0.01)
+    await second
+    async with engine.connect() as conn:
+        payloads = (
+            (await conn.execute(select(outbox.c.payload).where(outbox.c.event_type == "terminal")))
+            .scalars()
+            .all()
+        )
+    assert [p["call_details"]["by"] for p in payloads] == ["first"]
