@@ -148,8 +148,9 @@ def _fail(message: str, code: int) -> int:
 def _setting_error(exc: Any) -> str:
     """`invalid setting port: Input should be a valid integer` from pydantic's error."""
     first = exc.errors()[0]
-    name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
-    return f"invalid setting {name}: {first.get('msg', 'invalid value')}"
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    name = ".".join(str(part) for part in first.get("loc", ()))
+    return f"invalid setting {name}: {message}" if name else f"invalid settings: {message}"
 
 
 async def _apply_config_first(settings: Settings) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     sip_trunk_password: SecretStr | None = None
     sip_trunk_number_format: Literal["e164", "e164_no_plus", "national"] = "e164"
     sip_outbound_proxy: str | None = None
+
+    @model_validator(mode="after")
+    def _lease_renews_in_time(self) -> Settings:
+        # A lease renewed less than twice per TTL lapses on a single late heartbeat.
+        if self.lease_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("lease_ttl_s must be at least twice heartbeat_interval_s")
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

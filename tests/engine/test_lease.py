@@ -199,7 +199,6 @@ async def test_reconcilers_on_several_nodes_end_each_orphan_exactly_once(
                         store=own,
                         clock=clock,
                         lease=lease,
-                        lease_ttl_s=8,
                         reconcile_interval_s=2,
                         batch_size=10,
                     )

@@ -75,6 +75,15 @@ def test_bad_settings_and_missing_config_are_one_line(tmp_path: Path) -> None:
         run("serve", env={"CALLBRIDGE_PORT": "abc"}, cwd=tmp_path), 2, "invalid setting port"
     )
     one_line_error(
+        run(
+            "serve",
+            env={"CALLBRIDGE_LEASE_TTL_S": "1", "CALLBRIDGE_HEARTBEAT_INTERVAL_S": "2"},
+            cwd=tmp_path,
+        ),
+        2,
+        "invalid settings: lease_ttl_s must be at least twice heartbeat_interval_s",
+    )
+    one_line_error(
         run("serve", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path),
         2,
         "config file not found",

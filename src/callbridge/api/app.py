@@ -210,7 +210,6 @@ def create_app(
                 store=the_store,
                 clock=the_clock,
                 lease=lease,
-                lease_ttl_s=settings.lease_ttl_s,
                 reconcile_interval_s=settings.reconcile_interval_s,
             )
             worker = DeliveryWorker.from_settings(

@@ -1,6 +1,6 @@
 """Ending the calls and freeing the busy marks of nodes that died.
 
-Every pass, any node may declare dead a node whose heartbeat is older than `lease_ttl_s` (one
+Every pass, any node may declare dead a node whose heartbeat is older than the lease TTL (one
 conditional update, see `store/nodes.py`). The calls of dead or unknown owners are then ended in
 bounded batches: each batch locks its calls (SKIP LOCKED on PostgreSQL, so reconcilers on
 several nodes share the work instead of repeating it), and each call is ended by one
@@ -109,7 +109,6 @@ class Reconciler:
         store: Store,
         clock: Clock,
         lease: NodeLease,
-        lease_ttl_s: float,
         reconcile_interval_s: float,
         batch_size: int = call_store.ORPHAN_BATCH,
         on_committed: Callable[[], None] | None = None,
@@ -117,7 +116,6 @@ class Reconciler:
         self.store = store
         self.clock = clock
         self.lease = lease
-        self.lease_ttl_s = lease_ttl_s
         self.reconcile_interval_s = reconcile_interval_s
         self.batch_size = batch_size
         self.on_committed = on_committed
@@ -152,7 +150,7 @@ class Reconciler:
         now = self.clock.now()
         async with self.store.tx() as conn:
             declared = await node_store.declare_dead(
-                conn, now=now, ttl_s=self.lease_ttl_s, except_node=self.lease.node_id
+                conn, now=now, ttl_s=self.lease.ttl_s, except_node=self.lease.node_id
             )
         if declared:
             log.warning("nodes declared dead", extra={"dead_nodes": ",".join(declared)})
