@@ -51,6 +51,7 @@ from callbridge.errors import (
 )
 from callbridge.gcpolicy import GcPolicy
 from callbridge.media.service import RecordingService, build_storage
+from callbridge.registrar.server import start_registrar
 from callbridge.settings import Settings
 from callbridge.store.repo import Store, describe_db_error
 from callbridge.store.schema import ensure_schema
@@ -123,6 +124,7 @@ def create_app(
                         settings.config, default_rate_limit=settings.default_rate_limit_per_minute
                     ),
                     the_clock,
+                    sip_realm=settings.sip_registrar_realm,
                 )
             the_driver = driver or build_driver(settings, the_clock)
             the_node = node_id or new_node_id()
@@ -216,6 +218,8 @@ def create_app(
             from callbridge.engine import inbound
 
             inbound.install(svc)
+            registrar = await start_registrar(settings, the_store, the_clock, the_driver)
+            svc.extras["registrar"] = registrar
             await reconciler.register()
             await engine.start()
             await reconciler.reconcile_once()
@@ -236,6 +240,8 @@ def create_app(
                 if isinstance(hub, LiveHub):
                     # Its pumps read the database: stop them before the store goes away.
                     await hub.close()
+                if registrar is not None:
+                    await registrar.stop()
                 await engine.stop()
                 await gc_policy.stop()
                 await reconciler.stop()
