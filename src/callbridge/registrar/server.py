@@ -26,6 +26,7 @@ MAX_TCP_CONNECTIONS = 1024
 TCP_IDLE_S = 3600 + 120
 """A phone keeps its TCP connection between re-registrations; idle longer than that, it goes."""
 PURGE_INTERVAL_S = 300.0
+BIND_ATTEMPTS = 20
 
 
 class ContactResolver(Protocol):
@@ -93,18 +94,33 @@ class Registrar:
         return self._port
 
     async def start(self) -> None:
+        # Port 0 (tests) picks a free UDP port; the same number may be taken on TCP, so try
+        # a few before giving up. A fixed port either binds both or fails.
+        for attempt in range(BIND_ATTEMPTS if self._port == 0 else 1):
+            try:
+                await self._bind()
+                break
+            except OSError:
+                if attempt == BIND_ATTEMPTS - 1 or self._port != 0:
+                    raise
+        self._purge = asyncio.create_task(self._purge_loop(), name="sip-registrar-purge")
+        log.info("sip registrar listening host=%s port=%d (udp, tcp)", self._host, self._port)
+
+    async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(self._host, self._port)
         )
+        port = int(transport.get_extra_info("sockname")[1])
+        try:
+            self._tcp = await asyncio.start_server(
+                self._serve_tcp, self._host, port, limit=MAX_MESSAGE_BYTES
+            )
+        except OSError:
+            transport.close()
+            raise
         self._udp = protocol
-        if self._port == 0:
-            self._port = int(transport.get_extra_info("sockname")[1])
-        self._tcp = await asyncio.start_server(
-            self._serve_tcp, self._host, self._port, limit=MAX_MESSAGE_BYTES
-        )
-        self._purge = asyncio.create_task(self._purge_loop(), name="sip-registrar-purge")
-        log.info("sip registrar listening host=%s port=%d (udp, tcp)", self._host, self._port)
+        self._port = port
 
     async def stop(self) -> None:
         if self._purge is not None:
