@@ -4,6 +4,7 @@ and what registration means to click-to-call (409/1012) and to inbound routing."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from callbridge.store.tables import devices, sip_bindings
 from ..harness import DEFAULT_CONFIG, Harness, running_app
 from ..inbound.helpers import attach, incoming, make_flow, to_legs
 from ..users.helpers import error_code
-from .phone import DOMAIN, Phone
+from .phone import DOMAIN, Phone, parse_response
 
 PASSWORD = "s3cret-phone-pw"
 SIP_AGENT = f"sip:2001@{DOMAIN}"
@@ -270,3 +271,23 @@ async def test_inbound_flow_skips_the_unregistered_phone_and_rings_the_next_agen
     sid_2 = await incoming(h)
     await h.advance(2)
     assert to_legs(await h.legs(sid_2))[0] == (SIP_AGENT, "in-progress")
+
+
+async def test_tcp_connection_carries_several_requests_framed_by_content_length(
+    h: Harness, phone: Phone
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.services.extras["registrar"].port)
+    try:
+        register = phone.register_message(expires=120).replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+        options = register.replace("REGISTER sip:", "OPTIONS sip:", 1).replace(
+            "REGISTER\r\n", "OPTIONS\r\n"
+        )
+        writer.write(b"\r\n\r\n" + register.encode() + options.encode())
+        await writer.drain()
+        statuses = []
+        for _ in range(2):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            statuses.append(parse_response(head).status)
+        assert statuses == [401, 200]
+    finally:
+        writer.close()

@@ -146,3 +146,9 @@ async def test_nonces_expire_and_need_the_same_key() -> None:
     assert nonces.check(nonce, "other-realm") is NonceCheck.BAD
     await clock.advance(301)
     assert nonces.check(nonce, "r") is NonceCheck.STALE
+
+
+def test_non_ascii_credentials_are_refused_not_raised() -> None:
+    nonces = Nonces(b"k" * 32, ManualClock())
+    assert nonces.check("1.é", "r") is NonceCheck.BAD
+    assert not response_matches({"nonce": "n", "uri": "u", "response": "é"}, "REGISTER", "x")

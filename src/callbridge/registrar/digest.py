@@ -48,7 +48,7 @@ class Nonces:
 
     def check(self, nonce: str, realm: str) -> NonceCheck:
         stamp, dot, mac = nonce.partition(".")
-        if not dot or not hmac.compare_digest(mac, self._mac(stamp, realm)):
+        if not dot or not _same(mac, self._mac(stamp, realm)):
             return NonceCheck.BAD
         try:
             issued = int(stamp, 16)
@@ -81,4 +81,9 @@ def response_matches(credentials: dict[str, str], method: str, stored_ha1: str) 
         expected = md5_hex(f"{stored_ha1}:{nonce}:{ha2}")
     else:
         return False
-    return hmac.compare_digest(expected, given)
+    return _same(expected, given)
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time comparison that also takes non-ASCII input (from the wire) safely."""
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
