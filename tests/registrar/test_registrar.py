@@ -291,3 +291,19 @@ async def test_tcp_connection_carries_several_requests_framed_by_content_length(
         assert statuses == [401, 200]
     finally:
         writer.close()
+
+
+async def test_bindings_outlive_a_restart_of_the_node(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    settings = Settings(
+        allow_private_urls=True, log_level="WARNING", data_dir=tmp_path, sip_registrar_port=0
+    )
+    async with running_app(store, clock, config=CONFIG, settings=settings) as first:
+        phone = await Phone("2001", PASSWORD, first.services.extras["registrar"].port).open()
+        try:
+            assert (await phone.register(expires=120)).status == 200
+        finally:
+            phone.close()
+    async with running_app(store, clock, config=CONFIG, settings=settings) as second:
+        assert await call_from(second, SIP_AGENT) == (200, None)
