@@ -78,8 +78,8 @@ class RegistrarHandler:
             if request.method == "REGISTER":
                 return await self._register(request, source, transport)
             if request.method == "OPTIONS":
-                return self._reply(request, 200, "OK", ("Accept", "application/sdp"))
-            return self._reply(request, 405, "Method Not Allowed")
+                return self._reply(request, 200, "OK", ("Accept", "application/sdp"), source=source)
+            return self._reply(request, 405, "Method Not Allowed", source=source)
         except _Refused as exc:
             return self._reply(request, exc.status, exc.reason, *exc.extra, source=source)
 
