@@ -139,7 +139,9 @@ async def running_app(
             settings = Settings(
                 allow_private_urls=True, log_level="WARNING", data_dir=Path(data_dir)
             )
-        await apply_config(store, parse_config(config), clock)
+        await apply_config(
+            store, parse_config(config), clock, sip_realm=settings.sip_registrar_realm
+        )
         driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
         app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
         async with app.router.lifespan_context(app):

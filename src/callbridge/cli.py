@@ -170,7 +170,7 @@ async def _apply_config_first(settings: Settings) -> bool:
             await ensure_schema(store)
         except Exception:
             return False
-        await apply_config(store, config, SystemClock())
+        await apply_config(store, config, SystemClock(), sip_realm=settings.sip_registrar_realm)
         return True
     finally:
         await store.close()

@@ -20,6 +20,8 @@ from callbridge.config_parse import (
     UserConfig,
     parse_config,
 )
+from callbridge.domain.users import sip_username
+from callbridge.registrar.digest import DEFAULT_REALM, ha1
 from callbridge.store import accounts as account_store
 from callbridge.store import flows as flow_store
 from callbridge.store import groups as group_store
@@ -50,9 +52,12 @@ def load_config(path: Path, *, default_rate_limit: int = 200) -> Config:
     return parse_config(text, default_rate_limit=default_rate_limit)
 
 
-async def apply_config(store: Store, config: Config, clock: Clock) -> None:
+async def apply_config(
+    store: Store, config: Config, clock: Clock, *, sip_realm: str = DEFAULT_REALM
+) -> None:
     """Create or update every account, ExoPhone, user, device and flow, and attach flows to
-    ExoPhones; never duplicates rows. All of it is one transaction."""
+    ExoPhones; never duplicates rows. All of it is one transaction. Devices' SIP passwords
+    are stored as digest HA1 for `sip_realm` (the registrar's realm)."""
     now = clock.now()
     async with store.tx() as conn:
         for i, account in enumerate(config.accounts):
@@ -84,7 +89,7 @@ async def apply_config(store: Store, config: Config, clock: Clock) -> None:
                     now=now,
                 )
                 for device in user.devices:
-                    await user_store.upsert_device(
+                    device_id = await user_store.upsert_device(
                         conn,
                         account_sid=account.sid,
                         user_id=user_id,
@@ -95,6 +100,13 @@ async def apply_config(store: Store, config: Config, clock: Clock) -> None:
                         verified=device.verified,
                         now=now,
                     )
+                    if device.sip_password is not None:
+                        await user_store.set_sip_credentials(
+                            conn,
+                            device_id,
+                            ha1(sip_username(device.contact_uri), sip_realm, device.sip_password),
+                            now,
+                        )
             await _apply_flows(conn, account, phones, now, f"accounts[{i}]")
 
 

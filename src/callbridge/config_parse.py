@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 from callbridge.domain.flows import Destination, FlowDefinition, FlowInvalid, parse_flow_definition
+from callbridge.domain.users import SIP_PASSWORD_MAX as MAX_SIP_PASSWORD
+from callbridge.domain.users import sip_password_problem
 from callbridge.numbers import ContactUri, InvalidContactUri, normalise
 
 ACCOUNT_KEYS = {
@@ -27,7 +29,7 @@ ACCOUNT_KEYS = {
     "exophone_flows",
 }
 USER_KEYS = {"first_name", "last_name", "email", "role", "devices"}
-DEVICE_KEYS = {"contact_uri", "name", "available", "verified"}
+DEVICE_KEYS = {"contact_uri", "name", "available", "verified", "sip_password"}
 FLOW_KEYS = {"name", "connect", "no_agent", "status_callback"}
 EXOPHONE_FLOW_KEYS = {"number", "flow"}
 ROLES = {"admin", "supervisor", "user"}
@@ -58,6 +60,9 @@ class DeviceConfig:
     available: bool | None
     """None: not in the file — a new device is ON, an existing one keeps its value."""
     verified: bool | None
+    sip_password: str | None = field(default=None, repr=False)
+    """The phone's REGISTER password (stored as a digest HA1 only); None: the device does not
+    register, or keeps credentials set through the API."""
 
 
 @dataclass(frozen=True)
@@ -298,12 +303,18 @@ def _parse_device(raw: dict[str, Any], where: str, account: _Account) -> DeviceC
     if uri.is_sip and not account.allow_voip:
         raise ConfigError(f"{key}: {SIP_NEEDS_VOIP}")
     account.contacts.claim(uri.uri, key, uri.uri)
+    password = _optional_string(raw, "sip_password", where, MAX_SIP_PASSWORD)
+    if password is not None:
+        problem = sip_password_problem(uri.uri, password)
+        if problem is not None:
+            raise ConfigError(f"{where}.sip_password: {problem}")
     return DeviceConfig(
         contact_uri=uri.uri,
         type=uri.type.value,
         name=_optional_string(raw, "name", where, MAX_DEVICE_NAME),
         available=_optional_bool(raw, "available", where),
         verified=_optional_bool(raw, "verified", where),
+        sip_password=password,
     )
 
 

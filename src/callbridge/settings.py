@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     sip_trunk_number_format: Literal["e164", "e164_no_plus", "national"] = "e164"
     sip_outbound_proxy: str | None = None
 
+    # SIP registrar for agents' phones (off unless a port is set; see docs/sip.md).
+    sip_registrar_port: int | None = Field(default=None, ge=0, le=65535)
+    """UDP and TCP port of the registrar; None = no registrar in this process."""
+    sip_registrar_host: str | None = None
+    """Address the registrar binds to; defaults to `sip_bind_host`."""
+    sip_registrar_realm: str = Field(
+        default="callbridge", min_length=1, max_length=128, pattern=r'^[^"\\\x00-\x1f]+$'
+    )
+    """Digest realm; devices' stored credentials are bound to it (changing it needs new
+    passwords)."""
+    sip_registrar_min_expires_s: int = Field(default=60, ge=1, le=86400)
+    sip_registrar_max_expires_s: int = Field(default=3600, ge=1, le=604800)
+    sip_registrar_default_expires_s: int = Field(default=3600, ge=1, le=604800)
+
     @model_validator(mode="after")
     def _lease_renews_in_time(self) -> Settings:
         # A lease renewed less than twice per TTL lapses on a single late heartbeat.

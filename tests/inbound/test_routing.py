@@ -53,6 +53,8 @@ def keys(plan_ordered: tuple[Candidate, ...]) -> list[str]:
         (agent(1, has_device=False), SkipReason.NO_DEVICE),
         (agent(1, available=False, busy=True), SkipReason.OFF),
         (agent(1, verified=False), SkipReason.UNVERIFIED),
+        (agent(1, reachable=False, verified=False), SkipReason.UNREACHABLE),
+        (agent(1, available=False, reachable=False), SkipReason.OFF),
         (agent(1, busy=True), SkipReason.BUSY),
         (agent(1, cooldown_until=NOW + timedelta(seconds=1)), SkipReason.COOLDOWN),
         (agent(1, cooldown_until=NOW), None),

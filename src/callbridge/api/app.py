@@ -52,6 +52,7 @@ from callbridge.errors import (
 )
 from callbridge.gcpolicy import GcPolicy
 from callbridge.media.service import RecordingService, build_storage
+from callbridge.registrar.server import start_registrar
 from callbridge.settings import Settings
 from callbridge.store.repo import Store, describe_db_error
 from callbridge.store.schema import ensure_schema
@@ -124,6 +125,7 @@ def create_app(
                         settings.config, default_rate_limit=settings.default_rate_limit_per_minute
                     ),
                     the_clock,
+                    sip_realm=settings.sip_registrar_realm,
                 )
             the_driver = driver or build_driver(settings, the_clock)
             the_node = node_id or new_node_id()
@@ -230,6 +232,8 @@ def create_app(
             await lease.register()
             if run_background:
                 lease.start()
+            registrar = await start_registrar(settings, the_store, the_clock, the_driver)
+            svc.extras["registrar"] = registrar
             await engine.start()
             if not run_background:
                 await reconciler.reconcile_once()
@@ -251,6 +255,8 @@ def create_app(
                     # Its pumps read the database: stop them before the store goes away.
                     await hub.close()
                 await reconciler.stop()
+                if registrar is not None:
+                    await registrar.stop()
                 await engine.stop()
                 await gc_policy.stop()
                 await lease.stop()

@@ -17,6 +17,8 @@ from callbridge.domain.users import (
     InvalidUserField,
     UserFields,
     device_view,
+    sip_password_problem,
+    sip_username,
     user_view,
     validate_device_name,
     validate_email,
@@ -33,6 +35,7 @@ from callbridge.errors import (
     VoipNotAllowed,
 )
 from callbridge.numbers import ContactUri, InvalidContactUri, normalise
+from callbridge.registrar.digest import ha1
 from callbridge.store import busy as busy_store
 from callbridge.store import users as user_store
 from callbridge.store.accounts import Account
@@ -71,6 +74,9 @@ class UpdateDeviceIn(_Body):
     available: Switch | None = None
     contact_uri: str | None = Field(default=None, min_length=1, max_length=255)
     name: str | None = Field(default=None, max_length=256)
+    sip_password: str | None = Field(default=None, max_length=1024)
+    """Set the phone's REGISTER password; null removes it (the device then is dialled as
+    written). Stored as a digest HA1 only, never echoed."""
 
 
 def _parse(model: type[M], body: bytes) -> M:
@@ -322,8 +328,12 @@ async def update_device(
     svc = services(request)
     account = await api_account(request, account_sid)
     body = _parse(UpdateDeviceIn, await request.body())
-    if body.available is None and body.contact_uri is None and body.name is None:
-        raise ValidationFailed("nothing to update: give available, contact_uri or name")
+    sets_password = "sip_password" in body.model_fields_set
+    nothing = body.available is None and body.contact_uri is None and body.name is None
+    if nothing and not sets_password:
+        raise ValidationFailed(
+            "nothing to update: give available, contact_uri, name or sip_password"
+        )
     uri = _contact(account, body.contact_uri, "contact_uri") if body.contact_uri else None
     name = _check(validate_device_name, body.name)
     now = svc.clock.now()
@@ -346,11 +356,28 @@ async def update_device(
                 values.update(await _availability(conn, user, device, body.available, busy_call))
             if values:
                 await user_store.update_device(conn, device.id, values, now)
+            new_uri = values.get("contact_uri", device.contact_uri)
+            if sets_password:
+                await user_store.set_sip_credentials(
+                    conn, device.id, _sip_ha1(svc, new_uri, body.sip_password), now
+                )
+            elif new_uri != device.contact_uri:
+                # The old AOR's credentials and bindings do not carry over to a new address.
+                await user_store.set_sip_credentials(conn, device.id, None, now)
             updated = await user_store.get_device(conn, account.sid, device.id)
     except DuplicateContact as exc:
         raise Conflict(f"contact_uri {exc} is already a device of this account") from exc
     assert updated is not None
     return _one(request, await _device_view(svc, account, updated))
+
+
+def _sip_ha1(svc: Services, contact_uri: str, password: str | None) -> str | None:
+    if password is None:
+        return None
+    problem = sip_password_problem(contact_uri, password)
+    if problem is not None:
+        raise ValidationFailed(f"sip_password: {problem}")
+    return ha1(sip_username(contact_uri), svc.settings.sip_registrar_realm, password)
 
 
 async def _availability(

@@ -19,6 +19,8 @@ MAX_DYNAMIC_TARGETS = 50
 class SkipReason(StrEnum):
     NO_DEVICE = "no_device"
     OFF = "off"
+    UNREACHABLE = "unreachable"
+    """A `sip:` phone that registers, with no live registration."""
     UNVERIFIED = "unverified"
     BUSY = "busy"
     COOLDOWN = "cooldown"
@@ -39,6 +41,8 @@ class Candidate:
     group_name: str | None = None
     has_device: bool = True
     available: bool = True
+    reachable: bool = True
+    """False for a device that registers and has no live registration."""
     verified: bool = True
     busy: bool = False
     cooldown_until: datetime | None = None
@@ -57,12 +61,15 @@ class Plan:
 
 
 def skip_reason(candidate: Candidate, now: datetime) -> SkipReason | None:
-    """Why a candidate cannot be offered a call now (SPEC: busy, OFF and unverified are skipped)."""
+    """Why a candidate cannot be offered a call now (SPEC: busy, OFF and unverified are skipped,
+    and so are registering phones with no live registration), in SPEC §2.2's order."""
     if candidate.user_id is not None:
         if not candidate.has_device:
             return SkipReason.NO_DEVICE
         if not candidate.available:
             return SkipReason.OFF
+        if not candidate.reachable:
+            return SkipReason.UNREACHABLE
         if not candidate.verified:
             return SkipReason.UNVERIFIED
     if candidate.state_managed and candidate.busy:

@@ -18,6 +18,8 @@ NAME_MIN = 3
 NAME_MAX = 20
 EMAIL_MAX = 254
 DEVICE_NAME_MAX = 128
+SIP_PASSWORD_MIN = 8
+SIP_PASSWORD_MAX = 128
 _NAME_PUNCTUATION = frozenset(".'- ")
 
 
@@ -28,6 +30,22 @@ def _name_char(char: str) -> bool:
 
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def sip_password_problem(contact_uri: str, password: str) -> str | None:
+    """Why a device cannot register with this password, or None. Never quotes the password."""
+    if not contact_uri.startswith("sip:") or "@" not in contact_uri:
+        return "only a device with a sip:user@domain contact_uri can register"
+    if not SIP_PASSWORD_MIN <= len(password) <= SIP_PASSWORD_MAX:
+        return f"must be {SIP_PASSWORD_MIN} to {SIP_PASSWORD_MAX} characters"
+    if not password.isprintable():
+        return "must not contain control characters"
+    return None
+
+
+def sip_username(contact_uri: str) -> str:
+    """The digest username of a registering device: its AOR's user part."""
+    return contact_uri.split(":", 1)[1].split("@", 1)[0]
 
 
 class Role(StrEnum):

@@ -27,9 +27,7 @@ class ClickToCall:
     custom_field: str | None = None
 
 
-async def admit_click_to_call(
-    engine: CallEngine, request: ClickToCall, *, reachable: bool = True
-) -> Call:
+async def admit_click_to_call(engine: CallEngine, request: ClickToCall) -> Call:
     """Validate, mark the agent busy and create the call atomically, then start dialling.
 
     Raises the Exotel error for the first failed check, in SPEC §2.2's order."""
@@ -66,7 +64,7 @@ async def admit_click_to_call(
         updated_at=now,
     )
     admitted: Admitted = await engine.writer.submit(
-        ADMIT, Admission(call, from_leg, request.options, engine.node_id, reachable)
+        ADMIT, Admission(call, from_leg, request.options, engine.node_id)
     )
     engine.remember(admitted.call)
     engine.notify(admitted.call)

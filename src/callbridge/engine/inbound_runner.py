@@ -103,11 +103,13 @@ class InboundRunner(InboundCall):
         if self.use_static:
             async with store.read() as conn:
                 return await group_store.static_candidates(
-                    conn, self.account.sid, self.flow.connect.destinations
+                    conn, self.account.sid, self.flow.connect.destinations, self.now()
                 )
         assert self.route is not None
         async with store.read() as conn:
-            return await group_store.dynamic_candidates(conn, self.account.sid, self.route.targets)
+            return await group_store.dynamic_candidates(
+                conn, self.account.sid, self.route.targets, self.now()
+            )
 
     async def _offer(self, *, from_queue: bool = False) -> None:
         """Offer the call to the next agent(s); with nobody left, take the no-agent step."""

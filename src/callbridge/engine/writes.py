@@ -33,6 +33,7 @@ from callbridge.store.bulk import (
     update_rows,
 )
 from callbridge.store.calls import call_values, leg_values
+from callbridge.store.registrations import live_binding
 from callbridge.store.tables import busy_marks, calls, devices, exophones, legs, users
 
 ADMIT = "admit"
@@ -47,7 +48,6 @@ class Admission:
     from_leg: Leg
     options: CallOptions
     owner_node: str
-    reachable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,7 @@ async def admit_batch(
         )
     }
     found: dict[tuple[str, str], Any] = {}
+    now = max(j.call.created_at for j in jobs)
     rows = await conn.execute(
         select(
             devices.c.account_sid,
@@ -95,6 +96,8 @@ async def admit_batch(
             devices.c.verified,
             users.c.first_name,
             users.c.last_name,
+            devices.c.sip_ha1.is_not(None).label("registers"),
+            live_binding(now).label("registered"),
         )
         .join(users, users.c.id == devices.c.user_id)
         .where(devices.c.account_sid.in_(accounts), devices.c.contact_uri.in_(uris))
@@ -126,7 +129,8 @@ async def admit_batch(
                 DeviceSnapshot(
                     available=bool(device.available),
                     verified=bool(device.verified),
-                    reachable=job.reachable,
+                    # A phone that registers is reachable only with a live binding.
+                    reachable=not device.registers or bool(device.registered),
                     busy=False,
                 )
             )

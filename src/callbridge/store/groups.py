@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.domain.flows import Destination
 from callbridge.domain.routing import Candidate, DynamicTarget
+from callbridge.store import registrations as reg_store
 from callbridge.store.busy import busy_uris
 from callbridge.store.repo import is_unique_violation, utc, utc_required
 from callbridge.store.tables import busy_marks, devices, groups, user_groups, users
@@ -192,7 +193,11 @@ class _Agent:
 
 
 def _candidate(
-    agent: _Agent, position: int, busy: set[str], group: tuple[int, str] | None = None
+    agent: _Agent,
+    position: int,
+    busy: set[str],
+    unreachable: set[str],
+    group: tuple[int, str] | None = None,
 ) -> Candidate:
     return Candidate(
         key=agent.user_id,
@@ -204,6 +209,7 @@ def _candidate(
         group_name=group[1] if group else None,
         has_device=agent.has_device,
         available=agent.available,
+        reachable=agent.contact_uri not in unreachable,
         verified=agent.verified,
         busy=agent.contact_uri in busy,
         cooldown_until=agent.cooldown_until,
@@ -333,7 +339,7 @@ async def _snapshot(
 
 
 async def static_candidates(
-    conn: AsyncConnection, account_sid: str, destinations: Sequence[Destination]
+    conn: AsyncConnection, account_sid: str, destinations: Sequence[Destination], now: datetime
 ) -> list[Candidate]:
     """Expand a static connect list (users, groups, numbers) into a candidate snapshot."""
     user_ids = [d.user_id for d in destinations if d.user_id is not None]
@@ -344,36 +350,40 @@ async def static_candidates(
     if uris:
         owned = await _devices_by_contact(conn, account_sid, uris)
         busy |= set(await busy_uris(conn, account_sid, uris))
+    unreachable = await reg_store.unreachable_uris(
+        conn, account_sid, [a.contact_uri for a in (*agents.values(), *owned.values())], now
+    )
     out: list[Candidate] = []
     for d in destinations:
         if d.user_id is not None and d.user_id in agents:
-            out.append(_candidate(agents[d.user_id], len(out), busy))
+            out.append(_candidate(agents[d.user_id], len(out), busy, unreachable))
         elif d.group_id is not None and d.group_id in group_members:
             name, member_ids = group_members[d.group_id]
             for uid in member_ids:
-                out.append(_candidate(agents[uid], len(out), busy, (d.group_id, name)))
+                out.append(_candidate(agents[uid], len(out), busy, unreachable, (d.group_id, name)))
         elif d.contact_uri is not None:
             device = owned.get(d.contact_uri)
             if device is not None:
-                out.append(_candidate(device, len(out), busy))
+                out.append(_candidate(device, len(out), busy, unreachable))
             else:
                 out.append(_bare(d.contact_uri, len(out), busy, True))
     return out
 
 
 async def dynamic_candidates(
-    conn: AsyncConnection, account_sid: str, targets: Sequence[DynamicTarget]
+    conn: AsyncConnection, account_sid: str, targets: Sequence[DynamicTarget], now: datetime
 ) -> list[Candidate]:
     """Candidates for the numbers a dynamic URL returned; users' devices are state-managed,
     other numbers only when the answer asked for `state_management`."""
     uris = [t.contact_uri for t in targets]
     owned = await _devices_by_contact(conn, account_sid, uris)
     busy = set(await busy_uris(conn, account_sid, uris))
+    unreachable = await reg_store.unreachable_uris(conn, account_sid, list(owned), now)
     out: list[Candidate] = []
     for t in targets:
         device = owned.get(t.contact_uri)
         if device is not None:
-            out.append(_candidate(device, len(out), busy))
+            out.append(_candidate(device, len(out), busy, unreachable))
         else:
             out.append(_bare(t.contact_uri, len(out), busy, bool(t.state_management)))
     return out

@@ -118,10 +118,33 @@ devices = Table(
     # An availability change asked for while the device was busy; applied when the call ends.
     Column("pending_available", Boolean, nullable=True),
     Column("verification_code", String(16), nullable=True),
+    # Digest HA1, MD5(user:realm:password), of a phone that registers; never the password.
+    Column("sip_ha1", String(64), nullable=True),
     Column("created_at", TZ, nullable=False),
     Column("updated_at", TZ, nullable=False),
     UniqueConstraint("account_sid", "contact_uri", name="uq_devices_account_contact"),
 )
+
+sip_bindings = Table(
+    "sip_bindings",
+    metadata,
+    Column(
+        "device_id",
+        String(32),
+        ForeignKey("devices.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("contact", String(512), primary_key=True),
+    Column("call_id", String(255), nullable=False),
+    Column("cseq", BigInteger, nullable=False),
+    Column("expires_at", TZ, nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("user_agent", String(128), nullable=True),
+    Column("updated_at", TZ, nullable=False),
+    Index("ix_sip_bindings_expires", "expires_at"),
+)
+"""Registrar bindings (RFC 3261 §10): where a registering device can be reached until
+`expires_at`. Shared by every node, so any node can call any registered phone."""
 
 calls = Table(
     "calls",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.ids import new_sid
 from callbridge.store.repo import is_unique_violation, utc_required
-from callbridge.store.tables import busy_marks, devices, user_groups, users
+from callbridge.store.tables import busy_marks, devices, sip_bindings, user_groups, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +401,11 @@ async def update_user(
 
 
 async def delete_user(conn: AsyncConnection, user_id: str) -> None:
+    await conn.execute(
+        delete(sip_bindings).where(
+            sip_bindings.c.device_id.in_(select(devices.c.id).where(devices.c.user_id == user_id))
+        )
+    )
     await conn.execute(delete(devices).where(devices.c.user_id == user_id))
     await conn.execute(delete(user_groups).where(user_groups.c.user_id == user_id))
     await conn.execute(delete(users).where(users.c.id == user_id))
@@ -433,6 +438,24 @@ async def update_device(
         if is_unique_violation(exc):
             raise DuplicateContact(str(values.get("contact_uri"))) from exc
         raise
+
+
+async def set_sip_credentials(
+    conn: AsyncConnection, device_id: str, sip_ha1: str | None, now: datetime
+) -> bool:
+    """Set (or clear, with None) a device's registration credentials. A change drops the
+    device's bindings, so a phone holding the old password must register again; setting the
+    same credentials again (the config file at every start) keeps them. True when changed."""
+    current = (
+        await conn.execute(select(devices.c.sip_ha1).where(devices.c.id == device_id))
+    ).scalar()
+    if current == sip_ha1:
+        return False
+    await conn.execute(
+        update(devices).where(devices.c.id == device_id).values(sip_ha1=sip_ha1, updated_at=now)
+    )
+    await conn.execute(delete(sip_bindings).where(sip_bindings.c.device_id == device_id))
+    return True
 
 
 async def get_device(conn: AsyncConnection, account_sid: str, device_id: str) -> DeviceRow | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,8 @@ from callbridge.telephony.sip_uri import (
 )
 
 log = logging.getLogger("callbridge.sip")
+
+ContactResolver = Callable[[str, str], Awaitable[str | None]]
 
 _TERMINAL = frozenset(
     {
@@ -127,6 +129,7 @@ class SipDriver:
         self._taps: dict[int, AudioConsumer] = {}
         self._sink: EventSink | None = None
         self._incoming: IncomingHandler | None = None
+        self._resolver: ContactResolver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -281,10 +284,17 @@ class SipDriver:
             raise DriverError("SIP driver is not running")
         if request.leg_sid in self._legs:
             raise DriverError(f"leg {request.leg_sid} already exists")
+        try:
+            # A registered phone is dialled at its binding (resolved before a worker is
+            # picked, so no await sits between picking and registering the leg).
+            bound = await self._resolve(request)
+        except SipTargetError as exc:
+            self._fail_soon(request.leg_sid, f"cannot route: {exc}")
+            return
         worker = self._pick_worker(request.call_sid)
         ref = _LegRef(request.leg_sid, worker, key=request.call_sid, incoming=False)
         try:
-            target = dial_target(request.contact_uri, self._trunk)
+            target = bound or dial_target(request.contact_uri, self._trunk)
         except SipTargetError as exc:
             self._fail_soon(request.leg_sid, f"cannot route: {exc}")
             return
@@ -304,6 +314,16 @@ class SipDriver:
             if self._legs.get(request.leg_sid) is ref and not ref.hung_up_by_engine:
                 self._drop_leg(request.leg_sid)
                 self._fail_soon(request.leg_sid, str(exc))
+
+    async def _resolve(self, request: DialRequest) -> str | None:
+        if self._resolver is None or not request.contact_uri.startswith(("sip:", "sips:")):
+            return None
+        try:
+            return await self._resolver(request.account_sid, request.contact_uri)
+        except SipTargetError:
+            raise
+        except Exception as exc:
+            raise SipTargetError(f"registration lookup failed: {type(exc).__name__}") from exc
 
     def _fail_soon(self, leg_sid: str, reason: str) -> None:
         """Report a dial failure after `dial` returns, as the protocol asks."""
@@ -362,6 +382,12 @@ class SipDriver:
         """Register the callback for inbound INVITEs (runs on the event loop; must not block).
         Without a handler inbound calls are rejected with 480."""
         self._incoming = handler
+
+    def set_contact_resolver(self, resolver: ContactResolver | None) -> None:
+        """Ask `resolver(account_sid, contact_uri)` before dialling a `sip:` contact: None dials
+        it as written, a URI dials that instead (a registered phone's binding), and
+        SipTargetError fails the leg (a phone that registers and has no binding)."""
+        self._resolver = resolver
 
     def bind_call(self, leg_sid: str, call_sid: str) -> None:
         """Tie an incoming leg to the engine's call so legs dialled with that `call_sid` are
