@@ -66,7 +66,7 @@ async def test_streams_call_audio_in_exotel_frames(clock: ManualClock) -> None:
     assert bot.auth_headers == ["Basic " + base64.b64encode(b"user:p@ss").decode()]
     assert bot.messages[0] == {"event": "connected"}
     start = bot.messages[1]
-    assert start["event"] == "start" and start["sequence_number"] == 1
+    assert start["event"] == "start" and start["sequence_number"] == "1"
     assert start["stream_sid"] == session.stream_sid
     assert start["start"] == {
         "stream_sid": session.stream_sid,
@@ -75,17 +75,17 @@ async def test_streams_call_audio_in_exotel_frames(clock: ManualClock) -> None:
         "from": AGENT,
         "to": "+919812345678",
         "custom_parameters": {"campaign": "x"},
-        "media_format": {"encoding": "raw", "sample_rate": "8000", "bit_rate": "128kbps"},
+        "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
     }
     later = bot.messages[1:]
-    assert [m["sequence_number"] for m in later] == list(range(1, len(later) + 1))
+    assert [m["sequence_number"] for m in later] == [str(i) for i in range(1, len(later) + 1)]
     assert all(m["stream_sid"] == session.stream_sid for m in later)
     media = bot.events("media")
     sizes = [len(base64.b64decode(str(m["media"]["payload"]))) for m in media]
     assert all(size % 320 == 0 for size in sizes)
     assert set(sizes[:-1]) == {1600}
     assert sum(sizes) == 2.0 * 16000  # exactly the 2 s the stream ran
-    assert [m["media"]["chunk"] for m in media] == list(range(1, len(media) + 1))
+    assert [m["media"]["chunk"] for m in media] == [str(i) for i in range(1, len(media) + 1)]
     assert [m["media"]["timestamp"] for m in media] == [str(100 * i) for i in range(len(media))]
     assert abs(dominant_frequency(_audio(bot)) - voice_frequency(AGENT)) < 2
     assert [m["dtmf"]["digit"] for m in bot.events("dtmf")] == ["1", "#"]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callbridge.domain.calls import (
     Call,
     CallState,
+    CallStatus,
     Leg,
     LegOutcome,
     LegStatus,
@@ -253,7 +254,7 @@ class InboundCall(CallRunner):
         now = self.now()
         legs = [self._final_from_leg(now), *end_attempts(self.attempts, now)]
         outcomes = [a.outcome or LegOutcome.FAILED for a in self.attempts]
-        status = derive_inbound_status(outcomes, self.customer_left)
+        status = self._terminal_status(outcomes)
         new_legs: list[Leg] = []
         if not self.attempts:
             new_legs = skipped_history(self.call.sid, self.skipped.values(), now)
@@ -287,6 +288,11 @@ class InboundCall(CallRunner):
                 "talk_s": round(talk_s, 3),
             },
         )
+
+    def _terminal_status(self, agent_outcomes: list[LegOutcome]) -> CallStatus:
+        """The call's status from its agents' outcomes (a call that dials its customer first
+        also looks at how that leg ended)."""
+        return derive_inbound_status(agent_outcomes, self.customer_left)
 
     def _final_from_leg(self, now: datetime) -> Leg:
         leg = self.from_leg

@@ -219,7 +219,11 @@ class Reconciler:
                     event_type=CallbackEvent.TERMINAL,
                     callbacks=options.status_callbacks,
                     call_details=callback_details(
-                        final_call, final_legs, account.timezone, v2_agent=options.v2_agent
+                        final_call,
+                        final_legs,
+                        account.timezone,
+                        v2_agent=options.v2_agent,
+                        v1=options.v1,
                     ),
                     now=final_call.updated_at,
                 )
