@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -96,7 +96,8 @@ def _numbers(raw: str | None, field: str, region: str) -> tuple[str, ...]:
 
 
 def _created_range(raw: str | None, tz_name: str) -> tuple[datetime | None, datetime | None]:
-    """`gte:2019-01-01 00:00:00;lte:2019-01-31 23:59:59`, in the account's timezone."""
+    """`gte:2019-01-01 00:00:00;lte:2019-01-31 23:59:59`, in the account's timezone, as
+    (from, before). Times are shown to the second, so `lte` takes in its whole second."""
     if raw is None:
         return None, None
     bounds: dict[str, datetime] = {}
@@ -111,7 +112,8 @@ def _created_range(raw: str | None, tz_name: str) -> tuple[datetime | None, date
         except ValueError as exc:
             raise ValidationFailed(f"DateCreated: {exc}") from exc
         bounds[match.group(1)] = local.replace(tzinfo=ZoneInfo(tz_name))
-    return bounds.get("gte"), bounds.get("lte")
+    last = bounds.get("lte")
+    return bounds.get("gte"), last + timedelta(seconds=1) if last is not None else None
 
 
 def _statuses(raw: str | None) -> frozenset[str] | None:
@@ -138,7 +140,7 @@ def build_search(account: Account, query: ListQuery) -> tuple[CallSearch, frozen
     for sid in sids:
         if not _SID.match(sid):
             raise ValidationFailed(f"Sid: {sid[:64]!r} is not a call sid")
-    created_from, created_to = _created_range(query.date_created, account.timezone)
+    created_from, created_before = _created_range(query.date_created, account.timezone)
     wanted = _statuses(query.status)
     search = CallSearch(
         account_sid=account.sid,
@@ -146,7 +148,7 @@ def build_search(account: Account, query: ListQuery) -> tuple[CallSearch, frozen
         from_uris=_numbers(query.from_, "From", account.region),
         to_uris=_numbers(query.to, "To", account.region),
         created_from=created_from,
-        created_to=created_to,
+        created_before=created_before,
         ascending=sort.endswith("asc"),
     )
     if wanted is not None and wanted <= _ACTIVE:

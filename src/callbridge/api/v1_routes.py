@@ -56,6 +56,9 @@ from callbridge.store.accounts import Account
 router = APIRouter(tags=["Exotel v1"])
 
 ConnectForm = Annotated[V1ConnectForm, Form()]
+V1Account = Annotated[Account, Depends(v1_account)]
+"""Authenticated (and rate-limited) before the form or query is validated, so a request
+without credentials is a 401 whatever else it lacks."""
 XML_ANSWER: dict[int | str, dict[str, object]] = {200: {"content": XML_BODY}}
 
 NOT_PROVIDED = {
@@ -109,10 +112,9 @@ def _flow_runner(svc: Services, account: Account, flow: flow_store.Flow) -> Runn
 
 
 async def _connect(
-    request: Request, account_sid: str, form: V1ConnectForm, *, as_json: bool
+    request: Request, account: Account, form: V1ConnectForm, *, as_json: bool
 ) -> Response:
     svc = services(request)
-    account = await v1_account(request, account_sid)
     raw = await request.form()
     from_uri = _number(form.From, "From", account.region)
     virtual_number = await _caller_id(svc, account, form.CallerId)
@@ -162,8 +164,8 @@ async def _connect(
     responses=V1_ERRORS,
     summary="Connect two numbers, or a number to a flow (JSON)",
 )
-async def connect_json(request: Request, account_sid: str, form: ConnectForm) -> Response:
-    return await _connect(request, account_sid, form, as_json=True)
+async def connect_json(request: Request, account: V1Account, form: ConnectForm) -> Response:
+    return await _connect(request, account, form, as_json=True)
 
 
 @router.post(
@@ -172,8 +174,8 @@ async def connect_json(request: Request, account_sid: str, form: ConnectForm) ->
     responses=XML_ANSWER,
     summary="Connect two numbers, or a number to a flow (XML)",
 )
-async def connect_xml(request: Request, account_sid: str, form: ConnectForm) -> Response:
-    return await _connect(request, account_sid, form, as_json=False)
+async def connect_xml(request: Request, account: V1Account, form: ConnectForm) -> Response:
+    return await _connect(request, account, form, as_json=False)
 
 
 RecordingUrlValidity = Annotated[
@@ -188,10 +190,9 @@ RecordingUrlValidity = Annotated[
 
 
 async def _details(
-    request: Request, account_sid: str, call_sid: str, validity_min: int | None, *, as_json: bool
+    request: Request, account: Account, call_sid: str, validity_min: int | None, *, as_json: bool
 ) -> Response:
     svc = services(request)
-    account = await v1_account(request, account_sid)
     async with svc.store.read() as conn:
         call = await call_store.get_call(conn, account.sid, call_sid)
         if call is None:
@@ -212,9 +213,9 @@ async def _details(
     summary="Call details (JSON)",
 )
 async def call_details_json(
-    request: Request, account_sid: str, call_sid: str, validity: RecordingUrlValidity = None
+    request: Request, account: V1Account, call_sid: str, validity: RecordingUrlValidity = None
 ) -> Response:
-    return await _details(request, account_sid, call_sid, validity, as_json=True)
+    return await _details(request, account, call_sid, validity, as_json=True)
 
 
 @router.get(
@@ -224,9 +225,9 @@ async def call_details_json(
     summary="Call details (XML)",
 )
 async def call_details_xml(
-    request: Request, account_sid: str, call_sid: str, validity: RecordingUrlValidity = None
+    request: Request, account: V1Account, call_sid: str, validity: RecordingUrlValidity = None
 ) -> Response:
-    return await _details(request, account_sid, call_sid, validity, as_json=False)
+    return await _details(request, account, call_sid, validity, as_json=False)
 
 
 def _list_query(
@@ -246,9 +247,8 @@ def _list_query(
 ListParams = Annotated[ListQuery, Depends(_list_query)]
 
 
-async def _list(request: Request, account_sid: str, query: ListQuery, *, as_json: bool) -> Response:
+async def _list(request: Request, account: Account, query: ListQuery, *, as_json: bool) -> Response:
     svc = services(request)
-    account = await v1_account(request, account_sid)
     search, wanted = build_search(account, query)
     page = await list_page(svc.store, search, query.page_size, wanted)
 
@@ -268,8 +268,8 @@ async def _list(request: Request, account_sid: str, query: ListQuery, *, as_json
     responses=V1_ERRORS,
     summary="Bulk call details (JSON)",
 )
-async def list_calls_json(request: Request, account_sid: str, query: ListParams) -> Response:
-    return await _list(request, account_sid, query, as_json=True)
+async def list_calls_json(request: Request, account: V1Account, query: ListParams) -> Response:
+    return await _list(request, account, query, as_json=True)
 
 
 @router.get(
@@ -278,8 +278,8 @@ async def list_calls_json(request: Request, account_sid: str, query: ListParams)
     responses=XML_ANSWER,
     summary="Bulk call details (XML)",
 )
-async def list_calls_xml(request: Request, account_sid: str, query: ListParams) -> Response:
-    return await _list(request, account_sid, query, as_json=False)
+async def list_calls_xml(request: Request, account: V1Account, query: ListParams) -> Response:
+    return await _list(request, account, query, as_json=False)
 
 
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]

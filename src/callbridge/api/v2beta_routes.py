@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -51,13 +51,13 @@ def _phone(phone: flow_store.ExoPhoneRow, account: Account) -> dict[str, Any]:
     }
 
 
+V1Account = Annotated[Account, Depends(v1_account)]
 Page = Annotated[int, Query(alias="Page", ge=0, le=1_000_000)]
 PageSize = Annotated[int, Query(alias="PageSize", ge=1, le=MAX_PAGE_SIZE)]
 
 
-async def _list(request: Request, account_sid: str, page: int, page_size: int) -> Response:
+async def _list(request: Request, account: Account, page: int, page_size: int) -> Response:
     svc = services(request)
-    account = await v1_account(request, account_sid)
     async with svc.store.read() as conn:
         phones, total = await flow_store.list_exophones(
             conn, account.sid, offset=page * page_size, limit=page_size
@@ -85,9 +85,9 @@ async def _list(request: Request, account_sid: str, page: int, page_size: int) -
     summary="List the account's ExoPhones",
 )
 async def list_numbers(
-    request: Request, account_sid: str, page: Page = 0, page_size: PageSize = 50
+    request: Request, account: V1Account, page: Page = 0, page_size: PageSize = 50
 ) -> Response:
-    return await _list(request, account_sid, page, page_size)
+    return await _list(request, account, page, page_size)
 
 
 @router.get(
@@ -97,9 +97,9 @@ async def list_numbers(
     summary="List the account's ExoPhones (.json)",
 )
 async def list_numbers_json(
-    request: Request, account_sid: str, page: Page = 0, page_size: PageSize = 50
+    request: Request, account: V1Account, page: Page = 0, page_size: PageSize = 50
 ) -> Response:
-    return await _list(request, account_sid, page, page_size)
+    return await _list(request, account, page, page_size)
 
 
 @router.get(
@@ -108,9 +108,8 @@ async def list_numbers_json(
     responses=V1_ERRORS,
     summary="One ExoPhone, by its sid or its number (a .json suffix is allowed)",
 )
-async def get_number(request: Request, account_sid: str, phone_sid: str) -> Response:
+async def get_number(request: Request, account: V1Account, phone_sid: str) -> Response:
     svc = services(request)
-    account = await v1_account(request, account_sid)
     phone = await find_phone(svc, account, phone_sid.removesuffix(".json"))
     return legacy_response(_phone(phone, account), as_json=True)
 

@@ -161,8 +161,14 @@ class InboundCall(CallRunner):
         self.start_timer("max_time", self.options.max_time_limit_s)
         self.cancel_timer("max_wait")
         call = self._touch(to_uri=attempt.leg.contact_uri, talk_time_s=0.0)
+        # The customer's leg rides along so the answered event's views see every leg.
+        self._from_dirty = False
         await self.commit(
-            Change(call, legs=[attempt.leg, *[a.leg for a in losers]], event=CallbackEvent.ANSWERED)
+            Change(
+                call,
+                legs=[self.from_leg, attempt.leg, *[a.leg for a in losers]],
+                event=CallbackEvent.ANSWERED,
+            )
         )
         log.info(
             "inbound call connected",

@@ -57,7 +57,9 @@ class CallSearch:
     from_uris: tuple[str, ...] = ()
     to_uris: tuple[str, ...] = ()
     created_from: datetime | None = None
-    created_to: datetime | None = None
+    """Calls created at or after this."""
+    created_before: datetime | None = None
+    """Calls created before this."""
     active: bool | None = None
     statuses: tuple[CallStatus, ...] = ()
     ascending: bool = False
@@ -78,9 +80,9 @@ async def search_calls(conn: AsyncConnection, search: CallSearch, limit: int) ->
     if search.to_uris:
         query = query.where(calls.c.to_uri.in_(search.to_uris))
     if search.created_from is not None:
-        query = query.where(calls.c.created_at >= search.created_from)
-    if search.created_to is not None:
-        query = query.where(calls.c.created_at <= search.created_to)
+        query = query.where(calls.c.created_at >= search.created_from.astimezone(UTC))
+    if search.created_before is not None:
+        query = query.where(calls.c.created_at < search.created_before.astimezone(UTC))
     if search.active is not None:
         state = CallState.ACTIVE if search.active else CallState.TERMINAL
         query = query.where(calls.c.state == state.value)
