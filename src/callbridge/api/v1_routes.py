@@ -27,11 +27,12 @@ from callbridge.api.v1_listing import (
     page_metadata,
 )
 from callbridge.api.v1_schemas import (
+    ANY_METHOD,
+    NOT_SERVED,
     V1_ERRORS,
     XML_BODY,
     V1CallList,
     V1CallResponse,
-    V1RestException,
 )
 from callbridge.domain.options import CallOptions
 from callbridge.domain.v1_views import v1_call
@@ -59,7 +60,10 @@ ConnectForm = Annotated[V1ConnectForm, Form()]
 V1Account = Annotated[Account, Depends(v1_account)]
 """Authenticated (and rate-limited) before the form or query is validated, so a request
 without credentials is a 401 whatever else it lacks."""
-XML_ANSWER: dict[int | str, dict[str, object]] = {200: {"content": XML_BODY}}
+XML_ANSWER: dict[int | str, dict[str, object]] = {
+    200: {"content": XML_BODY},
+    **{status: {"content": XML_BODY, "description": "RestException"} for status in V1_ERRORS},
+}
 
 NOT_PROVIDED = {
     "sms": "SMS API (Sms/send, Sms/Messages)",
@@ -282,20 +286,8 @@ async def list_calls_xml(request: Request, account: V1Account, query: ListParams
     return await _list(request, account, query, as_json=False)
 
 
-ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-@router.api_route(
-    "/v1/Accounts/{account_sid}/{rest:path}",
-    methods=ANY_METHOD,
-    responses={
-        404: {"model": V1RestException},
-        405: {"model": V1RestException},
-        501: {"model": V1RestException},
-    },
-    summary="Other v1 endpoints: 501 for Exotel's that callbridge does not provide, else 404",
-)
 async def other_v1(request: Request, account_sid: str, rest: str) -> Response:
+    """Exotel v1 endpoints callbridge does not provide answer 501 saying so; others 404."""
     family = rest.split("/", 1)[0].lower().removesuffix(".json")
     if family in NOT_PROVIDED:
         raise NotProvided(f"callbridge does not provide Exotel's {NOT_PROVIDED[family]}")
@@ -304,3 +296,16 @@ async def other_v1(request: Request, account_sid: str, rest: str) -> Response:
             f"{request.method} is not allowed on /v1/Accounts/{{sid}}/{rest[:64]}"
         )
     raise NotFound(f"no such v1 resource: {request.url.path[:128]}")
+
+
+for _method in ANY_METHOD:
+    # One route per method, so each has its own operation in the OpenAPI document.
+    router.add_api_route(
+        "/v1/Accounts/{account_sid}/{rest:path}",
+        other_v1,
+        methods=[_method],
+        operation_id=f"other_v1_{_method.lower()}",
+        response_class=Response,
+        responses=NOT_SERVED,
+        summary="Other v1 endpoints: 501 for Exotel's that callbridge does not provide, else 404",
+    )

@@ -109,3 +109,8 @@ V1_ERRORS: dict[int | str, dict[str, object]] = {
     for status in (400, 401, 404, 409, 429)
 }
 """Errors documented on the JSON routes; the XML routes answer the same as XML."""
+
+NOT_SERVED: dict[int | str, dict[str, object]] = {
+    status: {"model": V1RestException, "description": "RestException"} for status in (404, 405, 501)
+}
+ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")

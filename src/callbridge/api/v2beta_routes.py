@@ -14,10 +14,11 @@ from callbridge.api.exophones_routes import find_phone
 from callbridge.api.services import services, v1_account
 from callbridge.api.v1_dialect import legacy_response
 from callbridge.api.v1_schemas import (
+    ANY_METHOD,
+    NOT_SERVED,
     V1_ERRORS,
     IncomingPhoneNumber,
     IncomingPhoneNumberList,
-    V1RestException,
 )
 from callbridge.domain.v1_views import format_v1_time
 from callbridge.errors import NotFound, NotProvided
@@ -114,13 +115,8 @@ async def get_number(request: Request, account: V1Account, phone_sid: str) -> Re
     return legacy_response(_phone(phone, account), as_json=True)
 
 
-@router.api_route(
-    "/v2_beta/Accounts/{account_sid}/{rest:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    responses={404: {"model": V1RestException}, 501: {"model": V1RestException}},
-    summary="Other v2_beta endpoints: 501 for ExoPhone changes and purchases, else 404",
-)
 async def other_v2_beta(request: Request, account_sid: str, rest: str) -> Response:
+    """ExoPhone changes and purchases answer 501 (callbridge has its own API); others 404."""
     family = rest.split("/", 1)[0].lower().removesuffix(".json")
     if family == "incomingphonenumbers":
         raise NotProvided(
@@ -130,3 +126,15 @@ async def other_v2_beta(request: Request, account_sid: str, rest: str) -> Respon
     if family == "availablephonenumbers":
         raise NotProvided("callbridge does not provide Exotel's ExoPhone purchase API")
     raise NotFound(f"no such v2_beta resource: {request.url.path[:128]}")
+
+
+for _method in ANY_METHOD:
+    router.add_api_route(
+        "/v2_beta/Accounts/{account_sid}/{rest:path}",
+        other_v2_beta,
+        methods=[_method],
+        operation_id=f"other_v2_beta_{_method.lower()}",
+        response_class=Response,
+        responses=NOT_SERVED,
+        summary="Other v2_beta endpoints: 501 for ExoPhone changes and purchases, else 404",
+    )
