@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 from urllib.parse import urlencode
 
-import pytest
-
 from callbridge.clock import ManualClock
 from callbridge.store.calls import get_call_options
 from callbridge.store.repo import Store
@@ -105,58 +103,54 @@ async def test_account_sid_with_token_authenticates_as_the_exotel_sdk_sends_it(
         assert bare.status_code == 401 and rest_exception(bare)["Status"] == "401"
 
 
-@pytest.mark.parametrize(
-    ("fields", "status", "code", "message"),
-    [
-        ({"From": None}, 400, 400, "From: Field required"),
-        ({"To": None}, 400, 400, "To: Field required (or Url, to connect From to a flow)"),
-        ({"To": "not a number"}, 400, 400, "To: "),
-        ({"CallerId": "+919111111111"}, 404, 10716, "CallerId: +919111111111 is not an ExoPhone"),
-        ({"TimeLimit": "14401"}, 400, 400, "TimeLimit: Input should be less than or equal"),
-        ({"TimeLimit": "soon"}, 400, 400, "TimeLimit: Input should be a valid integer"),
-        ({"TimeOut": "0"}, 400, 400, "TimeOut: Input should be greater than or equal to 1"),
-        ({"Record": "maybe"}, 400, 400, "Record: must be true or false"),
-        ({"RecordingChannels": "stereo"}, 400, 1002, "RecordingChannels must be single or dual"),
-        ({"RecordingFormat": "wav"}, 400, 400, "RecordingFormat: must be mp3 or mp3-hq"),
-        ({"CallType": "promo"}, 400, 400, "CallType: must be trans"),
-        ({"CustomField": "x" * 129}, 400, 400, "CustomField: String should have at most 128"),
-        ({"StatusCallback": "ftp://x/y"}, 400, 400, "StatusCallback: "),
-        (
-            {"StatusCallback": "http://127.0.0.1/cb", "StatusCallbackEvents[]": "hangup"},
-            400,
-            400,
-            "StatusCallbackEvents: must be terminal or answered",
-        ),
-        (
-            {"StatusCallback": "http://127.0.0.1/cb", "StatusCallbackContentType": "text/xml"},
-            400,
-            400,
-            "StatusCallbackContentType: must be multipart/form-data or application/json",
-        ),
-        ({"StreamUrl": "http://127.0.0.1/bot"}, 400, 400, "StreamUrl: "),
-        ({"StreamUrl": "ws://127.0.0.1/b", "StreamType": "sideways"}, 400, 400, "StreamType: "),
-        ({"StreamBegin": "never"}, 400, 400, "StreamBegin: must be Leg1Connect or Leg2Connect"),
-        ({"StartPlaybackValueNew": "x", "StartPlaybackToNew": "Caller"}, 400, 400, "StartPlay"),
-        ({"Url": "http://example.com/flow"}, 400, 400, "To, Url: give To"),
-    ],
-)
+BAD_INPUT: list[tuple[dict[str, str | None], int, int, str]] = [
+    ({"From": None}, 400, 400, "From: Field required"),
+    ({"To": None}, 400, 400, "To: Field required (or Url, to connect From to a flow)"),
+    ({"To": "not a number"}, 400, 400, "To: "),
+    ({"CallerId": "+919111111111"}, 404, 10716, "CallerId: +919111111111 is not an ExoPhone"),
+    ({"TimeLimit": "14401"}, 400, 400, "TimeLimit: Input should be less than or equal"),
+    ({"TimeLimit": "soon"}, 400, 400, "TimeLimit: Input should be a valid integer"),
+    ({"TimeOut": "0"}, 400, 400, "TimeOut: Input should be greater than or equal to 1"),
+    ({"Record": "maybe"}, 400, 400, "Record: must be true or false"),
+    ({"RecordingChannels": "stereo"}, 400, 1002, "RecordingChannels must be single or dual"),
+    ({"RecordingFormat": "wav"}, 400, 400, "RecordingFormat: must be mp3 or mp3-hq"),
+    ({"CallType": "promo"}, 400, 400, "CallType: must be trans"),
+    ({"CustomField": "x" * 129}, 400, 400, "CustomField: String should have at most 128"),
+    ({"StatusCallback": "ftp://x/y"}, 400, 400, "StatusCallback: "),
+    (
+        {"StatusCallback": "http://127.0.0.1/cb", "StatusCallbackEvents[]": "hangup"},
+        400,
+        400,
+        "StatusCallbackEvents: must be terminal or answered",
+    ),
+    (
+        {"StatusCallback": "http://127.0.0.1/cb", "StatusCallbackContentType": "text/xml"},
+        400,
+        400,
+        "StatusCallbackContentType: must be multipart/form-data or application/json",
+    ),
+    ({"StreamUrl": "http://127.0.0.1/bot"}, 400, 400, "StreamUrl: "),
+    ({"StreamUrl": "ws://127.0.0.1/b", "StreamType": "sideways"}, 400, 400, "StreamType: "),
+    ({"StreamBegin": "never"}, 400, 400, "StreamBegin: must be Leg1Connect or Leg2Connect"),
+    ({"StartPlaybackValueNew": "x", "StartPlaybackToNew": "Caller"}, 400, 400, "StartPlay"),
+    ({"Url": "http://example.com/flow"}, 400, 400, "To, Url: give To"),
+]
+"""(fields changed from a good request, HTTP status, Exotel code, start of the message)"""
+
+
 async def test_bad_input_answers_a_rest_exception_naming_the_field(
-    store: Store,
-    clock: ManualClock,
-    fields: dict[str, str | None],
-    status: int,
-    code: int,
-    message: str,
+    store: Store, clock: ManualClock
 ) -> None:
     async with running_app(store, clock) as h:
-        r = await connect(h, **fields)
-        assert r.status_code == status, r.text
-        error = rest_exception(r)
-        assert (error["Status"], error["Code"]) == (status, code)
-        assert error["Message"].startswith(message), error
-        as_xml = await connect(h, suffix="", **fields)
-        assert as_xml.status_code == status
-        assert rest_exception(as_xml)["Code"] == str(code)
+        for fields, status, code, message in BAD_INPUT:
+            r = await connect(h, **fields)
+            assert r.status_code == status, (fields, r.text)
+            error = rest_exception(r)
+            assert (error["Status"], error["Code"]) == (status, code), fields
+            assert error["Message"].startswith(message), (fields, error)
+            as_xml = await connect(h, suffix="", **fields)
+            assert as_xml.status_code == status, fields
+            assert rest_exception(as_xml)["Code"] == str(code), fields
 
 
 async def test_a_registered_agent_is_busy_checked_but_any_other_number_is_not(
