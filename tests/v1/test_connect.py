@@ -116,6 +116,7 @@ BAD_INPUT: list[tuple[dict[str, str | None], int, int, str]] = [
     ({"RecordingFormat": "wav"}, 400, 400, "RecordingFormat: must be mp3 or mp3-hq"),
     ({"CallType": "promo"}, 400, 400, "CallType: must be trans"),
     ({"CustomField": "x" * 129}, 400, 400, "CustomField: String should have at most 128"),
+    ({"CustomField": "a\x00b"}, 400, 400, "CustomField: Value error, NUL characters are not"),
     ({"StatusCallback": "ftp://x/y"}, 400, 400, "StatusCallback: "),
     (
         {"StatusCallback": "http://127.0.0.1/cb", "StatusCallbackEvents[]": "hangup"},

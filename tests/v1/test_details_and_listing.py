@@ -123,6 +123,8 @@ async def test_listing_in_xml_and_bad_queries_answer_rest_exceptions(
             ("Status=lost", "Status: must be one of"),
             ("DateCreated=yesterday", "DateCreated: must be gte:"),
             ("DateCreated=gte:2026-02-30 00:00:00", "DateCreated: day is out of range"),
+            ("DateCreated=gte:0001-01-01 00:00:00", "DateCreated: out of range"),
+            (f"After={'9' * 20}_abc", "After: not a cursor from a page link"),
             ("From=nope", "From: "),
             ("Sid=a;b", "Sid: 'a;b' is not a call sid"),
         ]:

@@ -11,7 +11,14 @@ import re
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from starlette.datastructures import FormData
 
 from callbridge.api.schemas import MAX_URL_LENGTH
@@ -102,6 +109,15 @@ class V1ConnectForm(BaseModel):
     StreamBegin: str | None = Field(default=None, max_length=32)
     StartPlaybackToNew: str | None = Field(default=None, max_length=16, description="Callee|Both")
     StartPlaybackValueNew: str | None = _optional_url()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No database stores NUL in text (PostgreSQL refuses it): refuse it at the door."""
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise ValueError("NUL characters are not allowed")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -109,11 +109,18 @@ def _created_range(raw: str | None, tz_name: str) -> tuple[datetime | None, date
             )
         try:
             local = datetime.strptime(match.group(2), "%Y-%m-%d %H:%M:%S")
+            # In UTC now, so a time at the edge of the calendar fails here, as a 400.
+            bounds[match.group(1)] = local.replace(tzinfo=ZoneInfo(tz_name)).astimezone(UTC)
         except ValueError as exc:
             raise ValidationFailed(f"DateCreated: {exc}") from exc
-        bounds[match.group(1)] = local.replace(tzinfo=ZoneInfo(tz_name))
+        except OverflowError as exc:
+            raise ValidationFailed("DateCreated: out of range") from exc
     last = bounds.get("lte")
-    return bounds.get("gte"), last + timedelta(seconds=1) if last is not None else None
+    try:
+        before = last + timedelta(seconds=1) if last is not None else None
+    except OverflowError as exc:
+        raise ValidationFailed("DateCreated: out of range") from exc
+    return bounds.get("gte"), before
 
 
 def _statuses(raw: str | None) -> frozenset[str] | None:

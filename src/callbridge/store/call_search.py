@@ -43,7 +43,10 @@ class Cursor:
         match = _CURSOR.match(raw.strip())
         if match is None:
             raise BadCursor("not a cursor from a page link")
-        created = _EPOCH + timedelta(microseconds=int(match.group(1)))
+        try:
+            created = _EPOCH + timedelta(microseconds=int(match.group(1)))
+        except OverflowError as exc:
+            raise BadCursor("not a cursor from a page link") from exc
         return cls(created, match.group(2))
 
 
