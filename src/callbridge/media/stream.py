@@ -2,8 +2,7 @@
 
 A `StreamSession` is an `AudioConsumer`: taps feed it 20 ms frames, it mixes the legs on one
 timeline and sends `media` chunks (multiples of 320 bytes) in Exotel's JSON text frames, field for
-field as Exotel's published examples (`sequence_number`, `media.chunk` and every number as a
-string; `media_format` `{"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"}`). Bot
+field as Exotel publishes them: every number a string, `media_format` `audio/x-raw` 16-bit. Bot
 `media` is played into the call in order, `mark` is echoed once the audio queued before it has
 played, `clear` drops what has not played yet. Every queue is bounded: a slow or dead bot makes
 the session drop (and count) audio, never block the call.
@@ -361,7 +360,6 @@ class StreamSession:
             "from": self._from,
             "to": self._to,
             "custom_parameters": self._custom,
-            # As Exotel's published examples write it: 16-bit linear PCM, numbers as strings.
             "media_format": {
                 "encoding": "audio/x-raw",
                 "sample_rate": str(self.target.sample_rate),
