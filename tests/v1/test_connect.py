@@ -3,7 +3,6 @@ schemes, lower-case paths, the options it maps, and v1-shaped errors for every b
 
 from __future__ import annotations
 
-import base64
 from urllib.parse import urlencode
 
 from callbridge.clock import ManualClock
@@ -227,7 +226,3 @@ async def test_a_json_body_is_refused_with_a_message_naming_the_first_missing_fi
         )
         assert r.status_code == 400
         assert rest_exception(r)["Message"] == "From: Field required"
-
-
-def test_basic_helper_is_standard_base64() -> None:
-    assert basic("a", "b")["Authorization"] == "Basic " + base64.b64encode(b"a:b").decode()
