@@ -111,6 +111,20 @@ class IdempotencyMismatch(CallbridgeError):
     )
 
 
+class RangeNotSatisfiable(CallbridgeError):
+    http_status, code, description = 416, 416, "Requested range not satisfiable"
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class NotProvided(CallbridgeError):
+    """An Exotel endpoint family callbridge does not implement (SMS, number lookup, …)."""
+
+    http_status, code, description = 501, 501, "Not provided by callbridge"
+
+
 class PayloadTooLarge(CallbridgeError):
     http_status, code, description = 413, 413, "Request body too large"
 

@@ -306,7 +306,7 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
     stream_sid = start["stream_sid"]
     assert start == {
         "event": "start",
-        "sequence_number": 1,
+        "sequence_number": "1",
         "stream_sid": stream_sid,
         "start": {
             "stream_sid": stream_sid,
@@ -315,11 +315,11 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
             "from": AGENT,
             "to": CUSTOMER,
             "custom_parameters": {"campaign": "spring"},  # the URL's own query parameters
-            "media_format": {"encoding": "raw", "sample_rate": "8000", "bit_rate": "128kbps"},
+            "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
         },
     }
     later = bot.messages[1:]
-    assert [m["sequence_number"] for m in later] == list(range(1, len(later) + 1))
+    assert [m["sequence_number"] for m in later] == [str(i) for i in range(1, len(later) + 1)]
     assert {m["stream_sid"] for m in later} == {stream_sid}
     assert [m["event"] for m in later[-1:]] == ["stop"]
 
@@ -328,7 +328,7 @@ async def test_stream_from_leg_connect_speaks_exotels_protocol_through_the_call(
     assert all(len(c) % FRAME == 0 for c in chunks)
     assert {len(c) for c in chunks[:-1]} == {1600}  # 100 ms chunks
     assert sum(map(len, chunks)) == 5 * SECOND  # agent answer (t=1) to hang-up (t=6)
-    assert [m["media"]["chunk"] for m in media] == list(range(1, len(media) + 1))
+    assert [m["media"]["chunk"] for m in media] == [str(i) for i in range(1, len(media) + 1)]
     assert [m["media"]["timestamp"] for m in media] == [str(100 * i) for i in range(len(media))]
     audio = b"".join(chunks)
     before_bridge, after_bridge = seconds(audio, 0.1, 1.9), seconds(audio, 2.1, 4.9)
@@ -401,9 +401,9 @@ async def test_bidirectional_stream_at_16khz_from_to_leg_connect(
     assert details["status"] == "completed" and details["total_talk_time"] == 6
     start = bot.events("start")[0]["start"]
     assert start["media_format"] == {
-        "encoding": "raw",
+        "encoding": "audio/x-raw",
         "sample_rate": "16000",
-        "bit_rate": "256kbps",
+        "bit_rate": "16",
     }
     chunks = media_pcm(bot.events("media"))
     assert {len(c) for c in chunks[:-1]} == {3200} and all(len(c) % FRAME == 0 for c in chunks)

@@ -30,7 +30,7 @@ async def recorded_call(h: MediaHarness) -> str:
     assert details["status"] == "completed"
     await h.recording(details)  # served now
     url: str = details["recordings"][0]["url"]
-    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+    return "/" + url.split("://", 1)[1].split("/", 1)[1].split("?")[0]  # the credentialled URL
 
 
 def file_for(settings: Settings, path: str) -> Path:

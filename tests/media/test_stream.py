@@ -66,7 +66,7 @@ async def test_streams_call_audio_in_exotel_frames(clock: ManualClock) -> None:
     assert bot.auth_headers == ["Basic " + base64.b64encode(b"user:p@ss").decode()]
     assert bot.messages[0] == {"event": "connected"}
     start = bot.messages[1]
-    assert start["event"] == "start" and start["sequence_number"] == 1
+    assert start["event"] == "start" and start["sequence_number"] == "1"
     assert start["stream_sid"] == session.stream_sid
     assert start["start"] == {
         "stream_sid": session.stream_sid,
@@ -75,17 +75,17 @@ async def test_streams_call_audio_in_exotel_frames(clock: ManualClock) -> None:
         "from": AGENT,
         "to": "+919812345678",
         "custom_parameters": {"campaign": "x"},
-        "media_format": {"encoding": "raw", "sample_rate": "8000", "bit_rate": "128kbps"},
+        "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
     }
     later = bot.messages[1:]
-    assert [m["sequence_number"] for m in later] == list(range(1, len(later) + 1))
+    assert [m["sequence_number"] for m in later] == [str(i) for i in range(1, len(later) + 1)]
     assert all(m["stream_sid"] == session.stream_sid for m in later)
     media = bot.events("media")
     sizes = [len(base64.b64decode(str(m["media"]["payload"]))) for m in media]
     assert all(size % 320 == 0 for size in sizes)
     assert set(sizes[:-1]) == {1600}
     assert sum(sizes) == 2.0 * 16000  # exactly the 2 s the stream ran
-    assert [m["media"]["chunk"] for m in media] == list(range(1, len(media) + 1))
+    assert [m["media"]["chunk"] for m in media] == [str(i) for i in range(1, len(media) + 1)]
     assert [m["media"]["timestamp"] for m in media] == [str(100 * i) for i in range(len(media))]
     assert abs(dominant_frequency(_audio(bot)) - voice_frequency(AGENT)) < 2
     assert [m["dtmf"]["digit"] for m in bot.events("dtmf")] == ["1", "#"]
@@ -224,3 +224,52 @@ async def test_stream_is_capped_in_duration(clock: ManualClock) -> None:
         total = sum(len(base64.b64decode(str(m["media"]["payload"]))) for m in bot.events("media"))
         assert total == 16000
         await session.stop("callended")
+
+
+async def test_bots_writing_numbers_as_strings_or_as_integers_are_both_understood(
+    clock: ManualClock,
+) -> None:
+    """Exotel's examples write every number as a string; bots written against older docs send
+    integers, and `streamSid`. Both play, and what callbridge sends back uses strings."""
+    plane = SimMediaPlane(clock)
+    plane.leg_up("L1", AGENT)
+    async with Bot() as bot:
+        session = _session(clock, plane, f"ws://127.0.0.1:{bot.port}/b")
+        session.start()
+        await wait_for(lambda: len(bot.messages) >= 2)
+        sid = session.stream_sid
+        payload = base64.b64encode(tone(2000, 0.2)).decode()
+        await bot.send(
+            {
+                "event": "media",
+                "sequence_number": "4",
+                "stream_sid": sid,
+                "media": {"chunk": "3", "timestamp": "300", "payload": payload},
+            }
+        )
+        await bot.send(
+            {
+                "event": "media",
+                "sequence_number": 5,
+                "streamSid": sid,
+                "media": {"chunk": 4, "timestamp": 400, "payload": payload},
+            }
+        )
+        await bot.send(
+            {"event": "mark", "sequence_number": 6, "streamSid": sid, "mark": {"name": "m"}}
+        )
+        await wait_for(lambda: session.stats.media_received == 2)
+        await advance(clock, 0.6, io=True)
+        await wait_for(lambda: len(bot.events("mark")) == 1)
+        await session.stop("callended")
+        await wait_for(lambda: bool(bot.events("stop")))
+    assert session.stats.bad_messages == 0
+    assert session.stats.bytes_played == 2 * 3200
+    [mark] = bot.events("mark")
+    assert mark["mark"] == {"name": "m"} and mark["stream_sid"] == sid
+    assert isinstance(mark["sequence_number"], str) and mark["sequence_number"].isdigit()
+    for message in bot.messages[1:]:
+        assert isinstance(message["sequence_number"], str)
+        if message["event"] == "media":
+            assert isinstance(message["media"]["chunk"], str)
+            assert isinstance(message["media"]["timestamp"], str)

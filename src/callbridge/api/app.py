@@ -26,13 +26,15 @@ from callbridge.api import (
     recordings_routes,
     sim_routes,
     users_routes,
+    v1_routes,
     v2_calls_routes,
+    v2beta_routes,
 )
 from callbridge.api.auth import Authenticator, RateLimiter
-from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
+from callbridge.api.v1_dialect import LegacyPathMiddleware, error_response, is_legacy_path
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import ConfigError, apply_config, load_config
 from callbridge.dashboard.live import LiveHub
@@ -51,6 +53,7 @@ from callbridge.errors import (
     ValidationFailed,
 )
 from callbridge.gcpolicy import GcPolicy
+from callbridge.media.links import RecordingLinks
 from callbridge.media.service import RecordingService, build_storage
 from callbridge.registrar.server import start_registrar
 from callbridge.settings import Settings
@@ -140,11 +143,14 @@ def create_app(
                 follow_redirects=False,
                 timeout=httpx.Timeout(10.0),
             )
+            # One key for the links this process mints (responses, callbacks) and checks.
+            signing_key = RecordingService.key_from(settings)
+            links = RecordingLinks.from_settings(settings, signing_key)
             recordings = RecordingService(
                 store=the_store,
                 storage=build_storage(settings, media_http),
                 clock=the_clock,
-                signing_key=RecordingService.key_from(settings),
+                signing_key=signing_key,
                 link_ttl_s=settings.recording_link_ttl_s,
                 retention_days=settings.recordings_retention_days,
             )
@@ -172,7 +178,13 @@ def create_app(
                     call.to_uri or "",
                     options,
                     media_services,
-                    agent_leg="from" if call.direction is Direction.OUTBOUND else "to",
+                    # Agents are `to` legs when a flow routes the call (inbound, or v1's
+                    # connect-to-flow), the `from` leg of a click-to-call.
+                    agent_leg=(
+                        "from"
+                        if call.direction is Direction.OUTBOUND and call.app_id is None
+                        else "to"
+                    ),
                 )
 
             engine = CallEngine(
@@ -196,6 +208,7 @@ def create_app(
                 idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
                 guard=guard,
                 sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
+                links=links,
             )
             svc_holder["svc"] = svc
             app.state.services = svc
@@ -215,7 +228,7 @@ def create_app(
                 reconcile_interval_s=settings.reconcile_interval_s,
             )
             worker = DeliveryWorker.from_settings(
-                settings, the_store.write_engine, the_clock, the_node, guard=guard
+                settings, the_store.write_engine, the_clock, the_node, guard=guard, links=links
             )
             engine.on_committed = worker.wake
             reconciler.on_committed = worker.wake
@@ -326,6 +339,7 @@ def create_app(
         redirect_slashes=False,
     )
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(LegacyPathMiddleware)
     app.include_router(health.router)
     app.include_router(calls_routes.router)
     app.include_router(callbacks_routes.router)
@@ -334,17 +348,24 @@ def create_app(
     app.include_router(v2_calls_routes.router)
     app.include_router(exophones_routes.router)
     app.include_router(dashboard_routes.router)
+    app.include_router(v1_routes.router)
+    app.include_router(v2beta_routes.router)
     if settings.driver == "sim":
         app.include_router(sim_routes.router)
 
+    def answer(request: Request, error: CallbridgeError) -> Response:
+        return error_response(request.url.path, request_id(request), request.method, error)
+
     @app.exception_handler(CallbridgeError)
     async def _callbridge_error(request: Request, exc: CallbridgeError) -> Response:
-        return failure(request_id(request), request.method, exc)
+        return answer(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: CallbridgeError
-        if exc.status_code == 404 and _MISSING_CALL_LEGS.match(request.url.path):
+        if exc.status_code == 404 and is_legacy_path(request.url.path):
+            error = NotFound(f"no such resource: {request.url.path[:128]}")
+        elif exc.status_code == 404 and _MISSING_CALL_LEGS.match(request.url.path):
             error = LegsCallNotFound("the path must name the call: …/calls/{call_sid}/legs")
         elif exc.status_code == 404 and _MISSING_ACCOUNT.match(request.url.path):
             error = AccountSidMissing(
@@ -358,14 +379,14 @@ def create_app(
             error = CallbridgeError(str(exc.detail))
             error.http_status = exc.status_code
             error.code = exc.status_code
-        return failure(request_id(request), request.method, error)
+        return answer(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        return failure(
-            request_id(request), request.method, ValidationFailed(f"{loc}: {first['msg']}")
-        )
+        parts = [str(p) for p in first.get("loc", ())]
+        if is_legacy_path(request.url.path) and parts[:1] in (["body"], ["query"]):
+            parts = parts[1:]  # v1 names the form field alone, as its docs do
+        return answer(request, ValidationFailed(f"{'.'.join(parts)}: {first['msg']}"))
 
     return app

@@ -86,6 +86,18 @@ class Authenticator:
             self._locks.clear()
         return account
 
+    async def account_for_v1_path(self, header: str | None, sid: str) -> Account:
+        """`account_for_path`, also taking Exotel's older scheme for v1: Basic with the
+        account sid in place of the API key (what the `exotel` SDK sends)."""
+        credentials = parse_basic(header)
+        if credentials is not None and credentials[0] == sid:
+            async with self._store.read() as conn:
+                account = await account_store.get_account(conn, sid)
+            if account is not None:
+                raw = f"{account.api_key}:{credentials[1]}".encode()
+                header = "Basic " + base64.b64encode(raw).decode()
+        return await self.account_for_path(header, sid)
+
     async def account_for_path(self, header: str | None, sid: str) -> Account:
         """Authenticate, then require the path's account sid to be the credential's."""
         account = await self.authenticate(header)

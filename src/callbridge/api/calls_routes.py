@@ -116,7 +116,8 @@ async def get_call(request: Request) -> Response:
             call = await call_store.get_call(conn, account.sid, call_sid)
     if call is None:
         raise CallNotFound(f"call {call_sid[:64]} not found")
-    details = call_details(call, account.timezone, lambda rid: svc.recording_url(rid, account.sid))
+    # A signed link a CRM or a browser can fetch without credentials (which also still open it).
+    details = call_details(call, account.timezone, lambda rid: svc.recording_link(rid, account.sid))
     return success(request_id(request), "GET", {"call_details": details})
 
 
@@ -144,7 +145,7 @@ async def list_calls(request: Request) -> Response:
         found = await call_store.list_calls(conn, account.sid, limit=limit, active_only=active)
 
     def recording_url(rid: str) -> str:
-        return svc.recording_url(rid, account.sid)
+        return svc.recording_link(rid, account.sid)
 
     items = [
         {

@@ -135,7 +135,8 @@ def _number(raw: str, account: Account) -> str:
     return contact.uri
 
 
-async def _phone(svc: Services, account: Account, ref: str) -> flow_store.ExoPhoneRow:
+async def find_phone(svc: Services, account: Account, ref: str) -> flow_store.ExoPhoneRow:
+    """An ExoPhone of the account by its id or its number; 404/10716 when there is none."""
     async with svc.store.read() as conn:
         if _SID_RE.match(ref):
             found = await flow_store.find_exophone(conn, account.sid, id=ref)
@@ -193,7 +194,7 @@ async def add_exophone(request: Request, account_sid: str) -> Response:
 async def get_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    phone = await _phone(svc, account, ref)
+    phone = await find_phone(svc, account, ref)
     return _one(request, _phone_view(phone, account.timezone))
 
 
@@ -202,7 +203,7 @@ async def update_exophone(request: Request, account_sid: str, ref: str) -> Respo
     svc = services(request)
     account = await api_account(request, account_sid)
     body: ExoPhoneUpdate = _model(ExoPhoneUpdate, await _body(request))
-    phone = await _phone(svc, account, ref)
+    phone = await find_phone(svc, account, ref)
     await _flow_exists(svc, account, body.flow_id)
     async with svc.store.tx() as conn:
         await flow_store.set_exophone_flow(conn, phone.id, body.flow_id, svc.clock.now())
@@ -215,7 +216,7 @@ async def update_exophone(request: Request, account_sid: str, ref: str) -> Respo
 async def remove_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    phone = await _phone(svc, account, ref)
+    phone = await find_phone(svc, account, ref)
     async with svc.store.tx() as conn:
         await flow_store.delete_exophone(conn, phone.id)
     return _one(request, _phone_view(phone, account.timezone))

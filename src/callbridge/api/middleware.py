@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from callbridge.api.envelope import failure
+from callbridge.api.v1_dialect import error_response
 from callbridge.errors import CallbridgeError, InternalError, PayloadTooLarge, ValidationFailed
 from callbridge.ids import new_request_id
 from callbridge.logs import request_id_var
@@ -41,7 +41,6 @@ class EnvelopeMiddleware:
         rid_bytes = request_id.encode()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
-        method: str = scope["method"]
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": None}
         limit = self.max_body_bytes
@@ -49,7 +48,7 @@ class EnvelopeMiddleware:
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
             # PostgreSQL cannot store or compare NUL in text: refuse it before any lookup.
             await self._send_error(
-                send, request_id, method, ValidationFailed("NUL characters are not allowed")
+                send, scope, request_id, ValidationFailed("NUL characters are not allowed")
             )
             self._log(scope, 400, started)
             request_id_var.reset(token)
@@ -58,7 +57,7 @@ class EnvelopeMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._send_error(
-                send, request_id, method, PayloadTooLarge(f"request body exceeds {limit} bytes")
+                send, scope, request_id, PayloadTooLarge(f"request body exceeds {limit} bytes")
             )
             self._log(scope, 413, started)
             request_id_var.reset(token)
@@ -90,28 +89,28 @@ class EnvelopeMiddleware:
             if status_holder["status"] is None:
                 await self._send_error(
                     send,
+                    scope,
                     request_id,
-                    method,
                     PayloadTooLarge(f"request body exceeds {limit} bytes"),
                 )
                 status_holder["status"] = 413
         except CallbridgeError as exc:
             if status_holder["status"] is None:
-                await self._send_error(send, request_id, method, exc)
+                await self._send_error(send, scope, request_id, exc)
                 status_holder["status"] = exc.http_status
         except Exception:
             log.exception("unhandled error", extra={"path": scope.get("path")})
             if status_holder["status"] is None:
-                await self._send_error(send, request_id, method, InternalError())
+                await self._send_error(send, scope, request_id, InternalError())
                 status_holder["status"] = 500
         finally:
             self._log(scope, status_holder["status"], started)
             request_id_var.reset(token)
 
     async def _send_error(
-        self, send: Send, request_id: str, method: str, error: CallbridgeError
+        self, send: Send, scope: Scope, request_id: str, error: CallbridgeError
     ) -> None:
-        response = failure(request_id, method, error)
+        response = error_response(scope["path"], request_id, scope["method"], error)
         await response({"type": "http"}, _empty_receive, send)
 
     def _log(self, scope: Scope, status: int | None, started: float) -> None:

@@ -12,6 +12,7 @@ from callbridge.api.idempotency import IdempotencyStore
 from callbridge.clock import Clock
 from callbridge.engine.core import CallEngine
 from callbridge.errors import ServiceUnavailable
+from callbridge.media.links import RecordingLinks, public_base_url
 from callbridge.settings import Settings
 from callbridge.store.accounts import Account
 from callbridge.store.repo import Store
@@ -33,14 +34,23 @@ class Services:
     idempotency: IdempotencyStore
     guard: UrlGuard
     sim: SimulatedCarrier | None = None
+    links: RecordingLinks | None = None
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     def recording_url(self, recording_id: str, account_sid: str) -> str:
-        base = (
-            self.settings.public_base_url or f"http://{self.settings.host}:{self.settings.port}"
-        ).rstrip("/")
+        """The credentialled URL of a recording (what stored data keeps)."""
+        if self.links is not None:
+            return self.links.url(account_sid, recording_id)
+        base = public_base_url(self.settings)
         return f"{base}/v3/accounts/{account_sid}/recordings/{recording_id}.mp3"
+
+    def recording_link(self, recording_id: str, account_sid: str, ttl_s: int | None = None) -> str:
+        """What a response shows: a signed link anyone can fetch until it expires; the
+        account's credentials also open it (and the URL without its query) after that."""
+        if self.links is None:
+            return self.recording_url(recording_id, account_sid)
+        return self.links.link(account_sid, recording_id, ttl_s)
 
 
 def services(request: Request) -> Services:
@@ -54,6 +64,16 @@ def services(request: Request) -> Services:
 def request_id(request: Request) -> str:
     rid: str = request.scope.get("state", {}).get("request_id", "")
     return rid
+
+
+async def v1_account(request: Request, account_sid: str) -> Account:
+    """`api_account` for the v1 and v2_beta dialects, which also take the account sid as the
+    Basic user name."""
+    svc = services(request)
+    header = request.headers.get("authorization")
+    account = await svc.auth.account_for_v1_path(header, account_sid)
+    svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
+    return account
 
 
 async def api_account(request: Request, account_sid: str) -> Account:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from callbridge.domain.options import CallOptions, without_userinfo
 from callbridge.errors import ValidationFailed
 from callbridge.media.stream import StreamTarget, StreamUrlError
@@ -11,8 +13,13 @@ HTTP = ("http", "https")
 WS = ("ws", "wss")
 
 
-async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
-    """Raise a 400 naming the field of the first URL that is malformed or not public."""
+async def check_call_urls(
+    guard: UrlGuard, options: CallOptions, labels: Mapping[str, str] | None = None
+) -> None:
+    """Raise a 400 naming the field of the first URL that is malformed or not public.
+
+    `labels` renames fields for another API dialect (`{"wait_audio_url": "WaitUrl"}`)."""
+    names = labels or {}
     checks: list[tuple[str, str, tuple[str, ...]]] = []
     for i, callback in enumerate(options.status_callbacks):
         checks.append((f"status_callback.{i}.url", callback.url, HTTP))
@@ -26,9 +33,10 @@ async def check_call_urls(guard: UrlGuard, options: CallOptions) -> None:
         try:
             StreamTarget.parse(options.streaming.url)
         except StreamUrlError as exc:
-            raise ValidationFailed(f"streaming.url: {exc}") from exc
+            label = names.get("streaming.url", "streaming.url")
+            raise ValidationFailed(f"{label}: {exc}") from exc
     for field, url, schemes in checks:
         try:
             await guard.check(url, schemes)
         except UnsafeUrl as exc:
-            raise ValidationFailed(f"{field}: {exc}") from exc
+            raise ValidationFailed(f"{names.get(field, field)}: {exc}") from exc

@@ -177,7 +177,7 @@ def v2_view(
     call: Call, legs: list[Leg], agent: V2Agent, tz_name: str, svc: Services
 ) -> dict[str, Any]:
     to_legs = [leg for leg in legs if leg.side is LegSide.TO]
-    details = call_details(call, tz_name, lambda rid: svc.recording_url(rid, call.account_sid))
+    details = call_details(call, tz_name, lambda rid: svc.recording_link(rid, call.account_sid))
     return v2_call_details(
         details,
         agent=agent,

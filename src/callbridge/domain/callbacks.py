@@ -2,6 +2,10 @@
 
 Pure functions: no I/O. The payload is `{"event_details": {...}, "call_details": {...}}`; form and
 query encodings flatten it one level, JSON-encoding each nested value per top-level key.
+
+Calls made through Exotel's v1 API send v1's flat document instead (`CallSid`, `Status`, `Legs`…,
+see `domain/v1_views.py`); its form and query encodings name nested values with brackets, as
+HTML forms do (`Legs[0][Status]=completed`), so form parsers rebuild them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ class EncodedRequest(NamedTuple):
     params: dict[str, str]
 
 
+class FlatFields(dict[str, Any]):
+    """Call details that are the whole callback document (Exotel v1's flat fields), not wrapped
+    in `{"event_details", "call_details"}`. An `EventType` key is filled with the event."""
+
+
 def build_payload(
     event_type: CallbackEvent | str, call_details: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -33,7 +42,44 @@ def build_payload(
     """
     event = CallbackEvent(event_type)
     details: dict[str, Any] = json.loads(json.dumps(dict(call_details)))
+    if isinstance(call_details, FlatFields):
+        if "EventType" in details:
+            details["EventType"] = event.value
+        return details
     return {"event_details": {"event_type": event.value}, "call_details": details}
+
+
+def is_flat(payload: Mapping[str, Any]) -> bool:
+    """A v1 document (stored payloads lose the FlatFields type; the shape tells them apart)."""
+    return "event_details" not in payload
+
+
+def bracket_fields(payload: Mapping[str, Any]) -> dict[str, str]:
+    """Form fields of a flat document: nested values by path, `Legs[0][Status]`; None as ""."""
+    fields: dict[str, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                add(f"{name}[{key}]", item)
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                add(f"{name}[{index}]", item)
+        elif value is None:
+            fields[name] = ""
+        elif isinstance(value, bool):
+            fields[name] = "true" if value else "false"
+        else:
+            fields[name] = str(value)
+
+    for key, value in payload.items():
+        add(str(key), value)
+    return fields
+
+
+def form_fields(payload: Mapping[str, Any]) -> dict[str, str]:
+    """The form/query fields of a payload, in the encoding its kind of document uses."""
+    return bracket_fields(payload) if is_flat(payload) else flatten_fields(payload)
 
 
 def flatten_fields(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -92,8 +138,8 @@ def encode_request(
     method = CallbackMethod(method)
     content_type = CallbackContentType(content_type)
     if method is CallbackMethod.GET:
-        return EncodedRequest(b"", None, flatten_fields(payload))
+        return EncodedRequest(b"", None, form_fields(payload))
     if content_type is CallbackContentType.MULTIPART:
-        body, header = encode_multipart(flatten_fields(payload))
+        body, header = encode_multipart(form_fields(payload))
         return EncodedRequest(body, header, {})
     return EncodedRequest(encode_json(payload), "application/json", {})

@@ -33,6 +33,15 @@ class CallbackContentType(StrEnum):
     MULTIPART = "multipart/form-data"
 
 
+class V1Callbacks(StrEnum):
+    """How a call made through Exotel's v1 API reports to its StatusCallback."""
+
+    BASIC = "basic"
+    """No StatusCallbackEvents: on completion, only CallSid, Status, RecordingUrl, DateUpdated."""
+    EVENTS = "events"
+    """The subscribed events, each with v1's full field set and EventType."""
+
+
 class PlaybackTo(StrEnum):
     BOTH = "both"
     CALLEE = "callee"
@@ -87,6 +96,9 @@ class CallOptions:
     v2_agent: tuple[str | None, str | None] | None = None
     """Set for calls made through the v2 API: (user_id, user_name) of the agent. Their status
     callbacks then use the v2 names (`call_sid`, `call_status`, `assigned_agent_details`…)."""
+    v1: V1Callbacks | None = None
+    """Set for calls made through the v1 API: their status callbacks are v1's flat fields
+    (`CallSid`, `Status`, `Legs`…) instead of the v3 document."""
 
     def to_json(self) -> dict[str, Any]:
         """The stored form. A stream URL's credentials are left out: only the running call
@@ -117,6 +129,7 @@ class CallOptions:
             ],
             "state_management": self.state_management,
             "v2_agent": list(self.v2_agent) if self.v2_agent is not None else None,
+            "v1": self.v1.value if self.v1 is not None else None,
         }
 
     @classmethod
@@ -152,6 +165,7 @@ class CallOptions:
             ),
             state_management=bool(data.get("state_management", False)),
             v2_agent=((data["v2_agent"][0], data["v2_agent"][1]) if data.get("v2_agent") else None),
+            v1=V1Callbacks(data["v1"]) if data.get("v1") else None,
         )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from callbridge.domain.calls import Call, CallState, Leg, LegSide
+from callbridge.domain.options import V1Callbacks
 
 
 @lru_cache(maxsize=256)
@@ -34,16 +35,20 @@ def legs_path(account_sid: str, call_sid: str) -> str:
     return f"/v3/accounts/{account_sid}/calls/{call_sid}/legs"
 
 
+def total_duration_s(call: Call) -> int | None:
+    """Whole seconds between the shown start and end times (which drop fractions), so the
+    duration is always end - start as the client reads them; None until the call ends."""
+    if call.start_at is None or call.end_at is None:
+        return None
+    shown = call.end_at.replace(microsecond=0) - call.start_at.replace(microsecond=0)
+    return max(0, int(shown.total_seconds()))
+
+
 def call_details(
     call: Call, tz_name: str, recording_url: Callable[[str], str] | None = None
 ) -> dict[str, Any]:
     """The `call_details` object of the v3 API and of status callbacks."""
-    total_duration: int | None = None
-    if call.start_at is not None and call.end_at is not None:
-        # Whole seconds between the shown times (which drop fractions), so that
-        # total_duration is always end_time - start_time as the client reads them.
-        shown = call.end_at.replace(microsecond=0) - call.start_at.replace(microsecond=0)
-        total_duration = max(0, int(shown.total_seconds()))
+    total_duration = total_duration_s(call)
     # Known once the call is over (null while active, as Exotel answers).
     talk = round(call.talk_time_s or 0.0) if call.state is CallState.TERMINAL else None
     recordings: list[dict[str, str]] | None = None
@@ -105,8 +110,14 @@ def callback_details(
     *,
     v2_agent: tuple[str | None, str | None] | None,
     recording_url: Callable[[str], str] | None = None,
+    v1: V1Callbacks | None = None,
 ) -> dict[str, Any]:
-    """`call_details` for a status callback: v3 names, or v2 names for calls made through v2."""
+    """`call_details` for a status callback: v3 names, v2 names for calls made through v2, or
+    v1's flat fields (the whole document, see FlatFields) for calls made through v1."""
+    if v1 is not None:
+        from callbridge.domain.v1_views import v1_callback_fields
+
+        return v1_callback_fields(call, legs, tz_name, v1, recording_url)
     details = call_details(call, tz_name, recording_url)
     if v2_agent is None:
         return details

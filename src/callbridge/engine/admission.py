@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,28 +13,41 @@ from callbridge.ids import new_sid
 from callbridge.numbers import ContactUri
 from callbridge.store.accounts import Account
 
-from .core import CallEngine
+from .core import CallEngine, CallRunner
 from .outbound import OutboundRunner
 from .writes import ADMIT, Admission, Admitted
+
+RunnerFactory = Callable[[Admitted, str], CallRunner]
+"""Builds the runner of an admitted call, given the account's timezone."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClickToCall:
     account: Account
     from_uri: ContactUri
-    to_uri: ContactUri
+    to_uri: ContactUri | None
+    """None for a call that runs a flow once `from` answers (v1's `Url=…/exoml/start/…`)."""
     virtual_number: str
     options: CallOptions
     custom_field: str | None = None
+    app: tuple[str, str | None] | None = None
+    """(flow id, flow name) of the flow such a call runs."""
 
 
-async def admit_click_to_call(engine: CallEngine, request: ClickToCall) -> Call:
+async def admit_click_to_call(
+    engine: CallEngine,
+    request: ClickToCall,
+    *,
+    runner: RunnerFactory | None = None,
+) -> Call:
     """Validate, mark the agent busy and create the call atomically, then start dialling.
 
-    Raises the Exotel error for the first failed check, in SPEC §2.2's order."""
+    Raises the Exotel error for the first failed check, in SPEC §2.2's order. `runner` drives
+    the call once admitted (default: the two-leg click-to-call)."""
     account = request.account
     engine.check_admitting()
-    if (request.from_uri.is_sip or request.to_uri.is_sip) and not account.allow_voip:
+    to_is_sip = request.to_uri is not None and request.to_uri.is_sip
+    if (request.from_uri.is_sip or to_is_sip) and not account.allow_voip:
         raise VoipNotAllowed(
             "SIP contact URIs are not allowed for this account (allow_voip is false)"
         )
@@ -44,13 +58,15 @@ async def admit_click_to_call(engine: CallEngine, request: ClickToCall) -> Call:
         direction=Direction.OUTBOUND,
         virtual_number=request.virtual_number,
         from_uri=request.from_uri.uri,
-        to_uri=request.to_uri.uri,
+        to_uri=request.to_uri.uri if request.to_uri is not None else None,
         state=CallState.ACTIVE,
         status=None,
         created_at=now,
         updated_at=now,
         start_at=now,
         custom_field=request.custom_field,
+        app_id=request.app[0] if request.app else None,
+        app_name=request.app[1] if request.app else None,
     )
     from_leg = Leg(
         sid=new_sid(),
@@ -68,7 +84,12 @@ async def admit_click_to_call(engine: CallEngine, request: ClickToCall) -> Call:
     )
     engine.remember(admitted.call)
     engine.notify(admitted.call)
-    engine.launch(
-        OutboundRunner(engine, admitted.call, admitted.options, account.timezone, admitted.from_leg)
-    )
+    if runner is None:
+        engine.launch(
+            OutboundRunner(
+                engine, admitted.call, admitted.options, account.timezone, admitted.from_leg
+            )
+        )
+    else:
+        engine.launch(runner(admitted, account.timezone))
     return admitted.call

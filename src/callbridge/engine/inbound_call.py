@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callbridge.domain.calls import (
     Call,
     CallState,
+    CallStatus,
     Leg,
     LegOutcome,
     LegStatus,
@@ -160,8 +161,14 @@ class InboundCall(CallRunner):
         self.start_timer("max_time", self.options.max_time_limit_s)
         self.cancel_timer("max_wait")
         call = self._touch(to_uri=attempt.leg.contact_uri, talk_time_s=0.0)
+        # The customer's leg rides along so the answered event's views see every leg.
+        self._from_dirty = False
         await self.commit(
-            Change(call, legs=[attempt.leg, *[a.leg for a in losers]], event=CallbackEvent.ANSWERED)
+            Change(
+                call,
+                legs=[self.from_leg, attempt.leg, *[a.leg for a in losers]],
+                event=CallbackEvent.ANSWERED,
+            )
         )
         log.info(
             "inbound call connected",
@@ -253,7 +260,7 @@ class InboundCall(CallRunner):
         now = self.now()
         legs = [self._final_from_leg(now), *end_attempts(self.attempts, now)]
         outcomes = [a.outcome or LegOutcome.FAILED for a in self.attempts]
-        status = derive_inbound_status(outcomes, self.customer_left)
+        status = self._terminal_status(outcomes)
         new_legs: list[Leg] = []
         if not self.attempts:
             new_legs = skipped_history(self.call.sid, self.skipped.values(), now)
@@ -287,6 +294,11 @@ class InboundCall(CallRunner):
                 "talk_s": round(talk_s, 3),
             },
         )
+
+    def _terminal_status(self, agent_outcomes: list[LegOutcome]) -> CallStatus:
+        """The call's status from its agents' outcomes (a call that dials its customer first
+        also looks at how that leg ended)."""
+        return derive_inbound_status(agent_outcomes, self.customer_left)
 
     def _final_from_leg(self, now: datetime) -> Leg:
         leg = self.from_leg

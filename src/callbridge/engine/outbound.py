@@ -220,8 +220,13 @@ class OutboundRunner(CallRunner):
         # Recording starts with the talk time, not after the database write.
         if self.media is not None:
             await self.media.bridged(self.from_leg.sid, self.to_leg.sid)
+        # Leg 1 rides along (unchanged) so the answered event's views see both legs.
         await self.commit(
-            Change(self._touch(talk_time_s=0.0), legs=[self.to_leg], event=CallbackEvent.ANSWERED)
+            Change(
+                self._touch(talk_time_s=0.0),
+                legs=[self.from_leg, self.to_leg],
+                event=CallbackEvent.ANSWERED,
+            )
         )
 
     async def _digits(self, event: LegEvent) -> None:

@@ -218,6 +218,7 @@ class Reconciler:
                             final_legs,
                             timezones[call.account_sid],
                             v2_agent=options.v2_agent,
+                            v1=options.v1,
                         ),
                         now=final_call.updated_at,
                     )

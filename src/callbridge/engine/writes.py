@@ -360,6 +360,7 @@ async def apply_changes(
                     c.tz_name,
                     v2_agent=c.options.v2_agent,
                     recording_url=c.recording_url,
+                    v1=c.options.v1,
                 ),
                 now=c.call.updated_at,
             )

@@ -110,15 +110,29 @@ class RecordingService:
 
     async def read(self, account_sid: str, recording_id: str) -> bytes | None:
         """The MP3 of an account's recording, or None (another account's id is None too)."""
-        async with self.store.read() as conn:
-            owner = (
-                await conn.execute(
-                    select(recordings.c.account_sid).where(recordings.c.id == recording_id)
-                )
-            ).scalar()
-        if owner != account_sid:
+        if await self.size_of(account_sid, recording_id) is None:
             return None
         return await self.storage.read(account_sid, recording_id)
+
+    async def size_of(self, account_sid: str, recording_id: str) -> int | None:
+        """The size in bytes of an account's recording, or None (another account's too)."""
+        async with self.store.read() as conn:
+            row = (
+                await conn.execute(
+                    select(recordings.c.account_sid, recordings.c.size_bytes).where(
+                        recordings.c.id == recording_id
+                    )
+                )
+            ).first()
+        if row is None or row[0] != account_sid:
+            return None
+        return int(row[1])
+
+    async def read_range(
+        self, account_sid: str, recording_id: str, start: int, end: int
+    ) -> bytes | None:
+        """Bytes `start`..`end` (inclusive) of a recording whose size the caller checked."""
+        return await self.storage.read_range(account_sid, recording_id, start, end)
 
     def signed_query(self, recording_id: str) -> dict[str, str]:
         expires = link_expiry(self.link_ttl_s)

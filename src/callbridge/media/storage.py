@@ -48,6 +48,11 @@ class RecordingStorage(Protocol):
     async def read(self, account_sid: str, recording_id: str) -> bytes | None:
         """The recording's bytes, or None when there is no such recording."""
 
+    async def read_range(
+        self, account_sid: str, recording_id: str, start: int, end: int
+    ) -> bytes | None:
+        """Bytes `start` to `end` (inclusive, within the file), or None when there is none."""
+
     async def delete(self, account_sid: str, recording_id: str) -> bool:
         """Remove a recording; False when it did not exist."""
 
@@ -114,6 +119,21 @@ class LocalRecordingStorage:
         def load() -> bytes | None:
             try:
                 return path.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return await asyncio.to_thread(load)
+
+    async def read_range(
+        self, account_sid: str, recording_id: str, start: int, end: int
+    ) -> bytes | None:
+        path = self.path_for(account_sid, recording_id)
+
+        def load() -> bytes | None:
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    return handle.read(end - start + 1)
             except FileNotFoundError:
                 return None
 
@@ -233,7 +253,13 @@ class S3RecordingStorage:
         return f"S3RecordingStorage(endpoint={self._endpoint!r}, bucket={self._bucket!r})"
 
     async def _request(
-        self, method: str, key: str = "", *, query: str = "", body: bytes = b""
+        self,
+        method: str,
+        key: str = "",
+        *,
+        query: str = "",
+        body: bytes = b"",
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         url = f"{self._endpoint}/{self._bucket}"
         if key:
@@ -249,6 +275,8 @@ class S3RecordingStorage:
             payload_sha256=hashlib.sha256(body).hexdigest(),
             now=datetime.now(UTC),
         )
+        if extra_headers:
+            headers = {**headers, **extra_headers}  # unsigned, as SigV4 allows
         try:
             return await self._client.request(
                 method, url, content=body or None, headers=headers, timeout=self._timeout_s
@@ -273,6 +301,22 @@ class S3RecordingStorage:
             return None
         if response.status_code != 200:
             raise StorageError(f"S3 GET answered HTTP {response.status_code}")
+        return response.content
+
+    async def read_range(
+        self, account_sid: str, recording_id: str, start: int, end: int
+    ) -> bytes | None:
+        response = await self._request(
+            "GET",
+            recording_key(account_sid, recording_id),
+            extra_headers={"Range": f"bytes={start}-{end}"},
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code == 200:  # a store that ignores Range sends it all
+            return response.content[start : end + 1]
+        if response.status_code != 206:
+            raise StorageError(f"S3 ranged GET answered HTTP {response.status_code}")
         return response.content
 
     async def delete(self, account_sid: str, recording_id: str) -> bool:

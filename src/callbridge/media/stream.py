@@ -1,7 +1,8 @@
 """Exotel bidirectional stream client: call audio out to a bot over a WebSocket, bot audio back in.
 
 A `StreamSession` is an `AudioConsumer`: taps feed it 20 ms frames, it mixes the legs on one
-timeline and sends `media` chunks (multiples of 320 bytes) in Exotel's JSON text frames. Bot
+timeline and sends `media` chunks (multiples of 320 bytes) in Exotel's JSON text frames, field for
+field as Exotel publishes them: every number a string, `media_format` `audio/x-raw` 16-bit. Bot
 `media` is played into the call in order, `mark` is echoed once the audio queued before it has
 played, `clear` drops what has not played yet. Every queue is bounded: a slow or dead bot makes
 the session drop (and count) audio, never block the call.
@@ -360,15 +361,19 @@ class StreamSession:
             "to": self._to,
             "custom_parameters": self._custom,
             "media_format": {
-                "encoding": "raw",
+                "encoding": "audio/x-raw",
                 "sample_rate": str(self.target.sample_rate),
-                "bit_rate": f"{self.target.sample_rate * 16 // 1000}kbps",
+                "bit_rate": "16",
             },
         }
 
     async def _send(self, ws: ClientConnection, event: str, body: dict[str, Any]) -> None:
         self._sequence += 1
-        message = {"event": event, "sequence_number": self._sequence, "stream_sid": self.stream_sid}
+        message = {
+            "event": event,
+            "sequence_number": str(self._sequence),
+            "stream_sid": self.stream_sid,
+        }
         message.update(body)
         await ws.send(json.dumps(message, separators=(",", ":")))
 
@@ -383,7 +388,11 @@ class StreamSession:
                 timestamp_ms, pcm = self._media.popleft()
                 self._chunk += 1
                 payload = base64.b64encode(pcm).decode()
-                media = {"chunk": self._chunk, "timestamp": str(timestamp_ms), "payload": payload}
+                media = {
+                    "chunk": str(self._chunk),
+                    "timestamp": str(timestamp_ms),
+                    "payload": payload,
+                }
                 await self._send(ws, "media", {"media": media})
                 self.stats.media_sent += 1
             if self._stop_reason is not None:

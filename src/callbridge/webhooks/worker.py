@@ -3,6 +3,8 @@ writes each attempt's outcome back in batched transactions.
 
 All scheduling time comes from the injected Clock. `wake()` (called after a commit that enqueued
 events) makes fresh events go out at once; otherwise the worker polls every few hundred ms.
+Recording URLs in a payload are turned into signed links as each attempt is sent, so a retry
+carries a link that is fresh then; the stored payload keeps the credentialled URL.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callbridge.clock import Clock
 from callbridge.domain.options import CallbackContentType, CallbackMethod
+from callbridge.media.links import RecordingLinks
 from callbridge.settings import Settings
 from callbridge.store.outbox import OutboxRow
 from callbridge.store.outbox_delivery import Action, AttemptOutcome, claim_due, record_outcomes
@@ -71,6 +74,7 @@ class DeliveryWorker:
         claim_batch: int = 256,
         secret_cache_s: float = 1.0,
         rng: Uniform | None = None,
+        links: RecordingLinks | None = None,
     ) -> None:
         if concurrency < 1 or claim_batch < 1:
             raise ValueError("concurrency and claim_batch must be at least 1")
@@ -90,6 +94,7 @@ class DeliveryWorker:
         self._rng: Uniform = rng or random.Random()
         self._secret_cache_s = secret_cache_s
         self._secret_cache: dict[str, tuple[float, list[str]]] = {}
+        self._links = links
 
         self._client: httpx.AsyncClient | None = None
         self._wake_event = asyncio.Event()
@@ -115,7 +120,14 @@ class DeliveryWorker:
         secret_lookup: SecretLookup | None = None,
         guard: UrlGuard | None = None,
         client_factory: ClientFactory | None = None,
+        links: RecordingLinks | None = None,
     ) -> DeliveryWorker:
+        """`links` signs recording URLs; without it, a worker whose settings name a
+        `signing_key` signs with that (a key of its own would make links no server accepts)."""
+        if links is None and settings.signing_key is not None:
+            links = RecordingLinks.from_settings(
+                settings, settings.signing_key.get_secret_value().encode()
+            )
         return cls(
             engine,
             clock,
@@ -127,6 +139,7 @@ class DeliveryWorker:
             timeout_s=settings.callback_timeout_s,
             poll_interval_s=settings.callback_poll_interval_s,
             lease_s=settings.callback_lease_s,
+            links=links,
         )
 
     @property
@@ -332,12 +345,15 @@ class DeliveryWorker:
                         "account has no webhook secret; sending unsigned",
                         extra={"account_sid": row.account_sid, "event_sid": row.event_sid},
                     )
+                payload = row.payload
+                if self._links is not None:
+                    payload = self._links.sign_all(payload, row.account_sid)
                 delivery = Delivery(
                     event_sid=row.event_sid,
                     url=row.url,
                     method=CallbackMethod(row.method),
                     content_type=CallbackContentType(row.content_type),
-                    payload=row.payload,
+                    payload=payload,
                 )
                 result = await send(
                     self._client_now(),
