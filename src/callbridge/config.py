@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.clock import Clock
@@ -29,6 +29,9 @@ from callbridge.store import users as user_store
 from callbridge.store.repo import Store
 from callbridge.store.tables import flows as flows_table
 from callbridge.webhooks.signing import new_secret
+
+PG_CONFIG_LOCK = 7_245_102
+"""Advisory lock key that serialises applying the config file across nodes (PostgreSQL)."""
 
 __all__ = [
     "AccountConfig",
@@ -60,6 +63,10 @@ async def apply_config(
     are stored as digest HA1 for `sip_realm` (the registrar's realm)."""
     now = clock.now()
     async with store.tx() as conn:
+        if conn.dialect.name == "postgresql":
+            # Nodes started together apply the same file at once: one at a time, or the second
+            # insert of an account fails. (SQLite writers are serialised already.)
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_CONFIG_LOCK})"))
         for i, account in enumerate(config.accounts):
             await account_store.upsert_account(
                 conn,
