@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.params import row_id
 from callbridge.api.services import api_account, request_id, services
 from callbridge.domain.views import format_time
 from callbridge.errors import CallNotFound, NotFound
@@ -75,14 +76,15 @@ async def replay_callback(
 ) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    if not delivery_id.isdigit():
+    number = row_id(delivery_id)
+    if number is None:
         raise NotFound("callback delivery not found")
     async with svc.store.tx() as conn:
-        record = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
+        record = await outbox_log.get_delivery(conn, account.sid, number)
         if record is None or record.row.call_sid != call_sid:
             raise NotFound("callback delivery not found")
-        await outbox_log.replay(conn, account.sid, int(delivery_id), svc.clock.now())
-        replayed = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
+        await outbox_log.replay(conn, account.sid, number, svc.clock.now())
+        replayed = await outbox_log.get_delivery(conn, account.sid, number)
     worker: DeliveryWorker | None = svc.extras.get("worker")
     if worker is not None:
         worker.wake()

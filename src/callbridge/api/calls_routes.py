@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from callbridge.api.envelope import EnvelopeResponse, failure, success
 from callbridge.api.idempotency import body_hash
+from callbridge.api.params import query_int
 from callbridge.api.plain import plain_route
 from callbridge.api.schemas import parse_create_call
 from callbridge.api.services import api_account, request_id, services
@@ -138,7 +139,7 @@ async def get_legs(request: Request) -> Response:
 async def list_calls(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
-    limit = _int_param(request, "limit", 50, 1, 200)
+    limit = query_int(request.query_params.get("limit"), "limit", 50, 1, 200)
     active = request.query_params.get("state") == "active"
     async with svc.store.read() as conn:
         found = await call_store.list_calls(conn, account.sid, limit=limit, active_only=active)
@@ -160,19 +161,6 @@ async def list_calls(request: Request) -> Response:
         items,
         metadata={"count": len(items), "limit": limit},
     )
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationFailed(f"{name} must be an integer") from exc
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be between {low} and {high}")
-    return value
 
 
 @router.api_route("/v3/accounts//calls", methods=["GET", "POST"], include_in_schema=False)

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.params import INT32_MAX, query_int, row_id
 from callbridge.api.schemas import describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.flows import (
@@ -86,17 +87,9 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _paging(request: Request) -> tuple[int, int]:
-    values: list[int] = []
-    for name, default, high in (("offset", 0, 10**9), ("limit", 20, MAX_LIMIT)):
-        raw = request.query_params.get(name)
-        try:
-            value = default if raw is None else int(raw)
-        except ValueError as exc:
-            raise ValidationFailed(f"{name} must be an integer") from exc
-        if not 0 <= value <= high:
-            raise ValidationFailed(f"{name} must be between 0 and {high}")
-        values.append(value)
-    return values[0], values[1] or MAX_LIMIT
+    offset = query_int(request.query_params.get("offset"), "offset", 0, 0, 10**9)
+    limit = query_int(request.query_params.get("limit"), "limit", 20, 0, MAX_LIMIT)
+    return offset, limit or MAX_LIMIT
 
 
 def _listing(
@@ -370,15 +363,12 @@ def _group_view(
     }
 
 
-def _group_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 12:
-        raise NotFound(f"group {raw[:64]} not found")
-    return int(raw)
-
-
 async def _get_group(svc: Services, account: Account, raw_id: str) -> group_store.Group:
-    async with svc.store.read() as conn:
-        group = await group_store.get_group(conn, account.sid, _group_id(raw_id))
+    group_id = row_id(raw_id, INT32_MAX)
+    group = None
+    if group_id is not None:
+        async with svc.store.read() as conn:
+            group = await group_store.get_group(conn, account.sid, group_id)
     if group is None:
         raise NotFound(f"group {raw_id[:64]} not found")
     return group

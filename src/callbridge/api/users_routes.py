@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.params import query_int
 from callbridge.api.schemas import Switch, describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.users import (
@@ -196,8 +197,8 @@ async def list_users(request: Request, account_sid: str) -> Response:
     account = await api_account(request, account_sid)
     query = request.query_params
     fields = _check(UserFields.parse, query.get("fields"), False)
-    offset = _int_param(query.get("offset"), "offset", 0, 0, 10**9)
-    limit = min(_int_param(query.get("limit"), "limit", MAX_PAGE, 1, 10**9), MAX_PAGE)
+    offset = query_int(query.get("offset"), "offset", 0, 0, 10**9)
+    limit = min(query_int(query.get("limit"), "limit", MAX_PAGE, 1, 10**9), MAX_PAGE)
     emails: list[str] | None = None
     if query.get("email") is not None:
         emails = [
@@ -437,15 +438,3 @@ def normalise_filter(account: Account, raw: str) -> str:
         return normalise(raw, account.region).uri
     except InvalidContactUri as exc:
         raise ValidationFailed(f"devices.contact_uri: {exc}") from exc
-
-
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationFailed(f"{name} must be an integer") from exc
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be at least {low}")
-    return value

@@ -21,6 +21,9 @@ from callbridge.domain.options import (
 
 MAX_DESTINATIONS = 200
 MAX_URL_LENGTH = 2048
+MAX_GROUP_ID = 2**31 - 1
+"""Group ids are a 32-bit integer column: a larger id names no group (and PostgreSQL refuses
+to compare the column with it)."""
 
 
 class Strategy(StrEnum):
@@ -153,7 +156,7 @@ class _Strict(BaseModel):
 
 class _DestinationIn(_Strict):
     user_id: str | None = Field(default=None, min_length=1, max_length=64)
-    group_id: int | None = Field(default=None, ge=1)
+    group_id: int | None = Field(default=None, ge=1, le=MAX_GROUP_ID)
     contact_uri: str | None = Field(default=None, min_length=1, max_length=255)
 
     @model_validator(mode="after")
