@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.ids import new_sid
-from callbridge.store.tables import accounts, exophones
+from callbridge.store.tables import accounts, devices, exophones
 
 _PBKDF2_ITERATIONS = 120_000
 
@@ -136,6 +136,15 @@ async def find_exophone(conn: AsyncConnection, account_sid: str, number: str) ->
 async def exophone_by_number(conn: AsyncConnection, number: str) -> ExoPhone | None:
     row = (await conn.execute(select(exophones).where(exophones.c.number == number))).first()
     return _exophone(row) if row else None
+
+
+async def number_owners(conn: AsyncConnection, contact_uri: str) -> set[str]:
+    """The accounts that have the number as a user's device or as an ExoPhone."""
+    query = union(
+        select(devices.c.account_sid).where(devices.c.contact_uri == contact_uri),
+        select(exophones.c.account_sid).where(exophones.c.number == contact_uri),
+    )
+    return {str(row[0]) for row in await conn.execute(query)}
 
 
 async def list_exophones(conn: AsyncConnection, account_sid: str) -> list[ExoPhone]:
