@@ -29,6 +29,7 @@ from callbridge.api import (
     v2_calls_routes,
 )
 from callbridge.api.auth import Authenticator, RateLimiter
+from callbridge.api.auth_throttle import ThrottlePolicy
 from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.api.middleware import EnvelopeMiddleware
@@ -188,7 +189,15 @@ def create_app(
                 driver=the_driver,
                 engine=engine,
                 node_id=the_node,
-                auth=Authenticator(the_store),
+                auth=Authenticator(
+                    the_store,
+                    clock=the_clock.monotonic,
+                    policy=ThrottlePolicy(
+                        window_s=settings.auth_failure_window_s,
+                        max_failures_per_address=settings.auth_max_failures_per_address,
+                        max_failures_per_key=settings.auth_max_failures_per_key,
+                    ),
+                ),
                 rate_limiter=RateLimiter(),
                 idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
                 guard=guard,

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from callbridge.api.services import Services, api_account, request_id, services
+from callbridge.api.services import Services, api_account, authenticated, request_id, services
 from callbridge.dashboard.live import LiveHub, Subscription, SubscriptionClosed, TooManySubscribers
 from callbridge.dashboard.page import load_page
 from callbridge.dashboard.views import KEEP_ALIVE_FRAME, sse_frame
@@ -61,7 +61,7 @@ async def dashboard_page() -> Response:
 @router.get("/dashboard/live")
 async def own_live_stream(request: Request) -> Response:
     svc = services(request)
-    account = await svc.auth.authenticate(request.headers.get("authorization"))
+    account = await authenticated(request)
     svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
     return _open_stream(request, account)
 

@@ -56,9 +56,25 @@ def request_id(request: Request) -> str:
     return rid
 
 
+def client_address(request: Request) -> str | None:
+    """The peer's address (uvicorn puts a trusted proxy's X-Forwarded-For client here)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def authenticated(request: Request) -> Account:
+    """The account of the request's Basic credentials (throttled per address and key)."""
+    svc = services(request)
+    return await svc.auth.authenticate(
+        request.headers.get("authorization"), client_address(request)
+    )
+
+
 async def api_account(request: Request, account_sid: str) -> Account:
     """Authenticate a /v2 or /v3 request for `account_sid` and apply the rate limit."""
     svc = services(request)
-    account = await svc.auth.account_for_path(request.headers.get("authorization"), account_sid)
+    account = await svc.auth.account_for_path(
+        request.headers.get("authorization"), account_sid, client_address(request)
+    )
     svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
     return account

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from callbridge.api.schemas import Number, describe_validation_error, parse_json_object
-from callbridge.api.services import services
+from callbridge.api.services import authenticated, services
 from callbridge.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from callbridge.numbers import InvalidContactUri, normalise
 from callbridge.store import accounts as account_store
@@ -54,7 +54,7 @@ class IncomingIn(BaseModel):
 
 async def _sim(request: Request) -> tuple[SimulatedCarrier, Account]:
     svc = services(request)
-    account = await svc.auth.authenticate(request.headers.get("authorization"))
+    account = await authenticated(request)
     if svc.sim is None:
         raise NotFound("the simulated carrier is not running")
     return svc.sim, account

@@ -43,6 +43,12 @@ def hash_token(token: str, *, salt: bytes | None = None) -> str:
     return f"pbkdf2${_PBKDF2_ITERATIONS}${salt.hex()}${digest.hex()}"
 
 
+def unmatchable_token_hash() -> str:
+    """A stored-hash string with the real parameters that no token matches (its digest is
+    not a PBKDF2 output anyone can aim at): verifying against it costs a real verification."""
+    return f"pbkdf2${_PBKDF2_ITERATIONS}${os.urandom(16).hex()}${'0' * 64}"
+
+
 def verify_token(token: str, stored: str) -> bool:
     """Constant-time comparison of a presented token against its stored hash."""
     try:
