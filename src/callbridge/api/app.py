@@ -23,6 +23,7 @@ from callbridge.api import (
     dashboard_routes,
     exophones_routes,
     health,
+    openapi,
     recordings_routes,
     sim_routes,
     users_routes,
@@ -324,6 +325,7 @@ def create_app(
     app.include_router(dashboard_routes.router)
     if settings.driver == "sim":
         app.include_router(sim_routes.router)
+    openapi.install(app)
 
     @app.exception_handler(CallbridgeError)
     async def _callbridge_error(request: Request, exc: CallbridgeError) -> Response:
@@ -341,7 +343,13 @@ def create_app(
         elif exc.status_code == 404:
             error = NotFound(f"no such resource: {request.url.path[:128]}")
         elif exc.status_code == 405:
-            error = MethodNotAllowed(f"{request.method} is not allowed here")
+            allowed = openapi.allowed_methods(app, request.url.path)
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+            )
+            response = failure(request_id(request), request.method, error)
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         else:
             error = CallbridgeError(str(exc.detail))
             error.http_status = exc.status_code

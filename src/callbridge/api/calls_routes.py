@@ -10,9 +10,18 @@ from starlette.responses import Response
 
 from callbridge.api.envelope import EnvelopeResponse, failure, success
 from callbridge.api.idempotency import body_hash
+from callbridge.api.openapi import (
+    documented,
+    envelope,
+    header_param,
+    int_param,
+    listing,
+    str_param,
+)
+from callbridge.api.openapi_models import CallDetails, LegDetails
 from callbridge.api.params import query_int
 from callbridge.api.plain import plain_route
-from callbridge.api.schemas import parse_create_call
+from callbridge.api.schemas import CreateCallIn, parse_create_call
 from callbridge.api.services import api_account, request_id, services
 from callbridge.api.urls import check_call_urls
 from callbridge.domain.views import call_details, leg_details
@@ -33,6 +42,19 @@ router = APIRouter()
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls", "POST")
+@documented(
+    "Click-to-call: dial the agent (from), then the customer (to)",
+    "calls",
+    envelope("call_details", CallDetails),
+    body=CreateCallIn,
+    params=(
+        header_param(
+            "Idempotency-Key",
+            "Replays of the same key and body within the TTL answer the first response.",
+            maxLength=255,
+        ),
+    ),
+)
 async def create_call(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -107,6 +129,7 @@ async def _create_call(request: Request, account: Account, body: bytes) -> Envel
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}", "GET")
+@documented("A call's details", "calls", envelope("call_details", CallDetails))
 async def get_call(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -122,6 +145,7 @@ async def get_call(request: Request) -> Response:
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}/legs", "GET")
+@documented("A call's legs", "calls", envelope("leg_details", LegDetails))
 async def get_legs(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -136,6 +160,15 @@ async def get_legs(request: Request) -> Response:
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls", "GET")
+@documented(
+    "Recent calls, newest first",
+    "calls",
+    listing("call_details", CallDetails),
+    params=(
+        int_param("limit", "How many calls.", 1, 200),
+        str_param("state", "`active`: only calls not yet ended.", enum=["active"]),
+    ),
+)
 async def list_calls(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from callbridge.api.openapi import documented, media
 from callbridge.api.services import Services, api_account, authenticated, request_id, services
 from callbridge.dashboard.live import LiveHub, Subscription, SubscriptionClosed, TooManySubscribers
 from callbridge.dashboard.page import load_page
@@ -59,6 +60,11 @@ async def dashboard_page() -> Response:
 
 
 @router.get("/dashboard/live")
+@documented(
+    "Live events of the credentials' account (Server-Sent Events)",
+    "dashboard",
+    media("text/event-stream"),
+)
 async def own_live_stream(request: Request) -> Response:
     svc = services(request)
     account = await authenticated(request)
@@ -67,6 +73,9 @@ async def own_live_stream(request: Request) -> Response:
 
 
 @router.get("/v3/accounts/{account_sid}/live")
+@documented(
+    "Live events of the account (Server-Sent Events)", "dashboard", media("text/event-stream")
+)
 async def live_stream(request: Request, account_sid: str) -> Response:
     account = await api_account(request, account_sid)
     return _open_stream(request, account)

@@ -14,12 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.openapi import PAGING, documented, envelope, listing
+from callbridge.api.openapi_models import ExoPhone, Flow, Group, GroupMember
 from callbridge.api.params import INT32_MAX, query_int, row_id
 from callbridge.api.schemas import describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.flows import (
     Destination,
     FlowDefinition,
+    FlowDefinitionIn,
     FlowInvalid,
     parse_flow_definition,
 )
@@ -68,6 +71,18 @@ class GroupIn(_Lenient):
 
 class GroupUpdate(_Lenient):
     name: str = Field(min_length=1, max_length=128)
+
+
+class FlowIn(FlowDefinitionIn):
+    """A flow as created: its name and definition (documents the body; parsed by hand)."""
+
+    name: str = Field(min_length=1, max_length=128)
+
+
+class FlowUpdateIn(FlowDefinitionIn):
+    """A flow's new definition; the name is kept when not given."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class MembersIn(_Lenient):
@@ -153,6 +168,7 @@ async def _flow_exists(svc: Services, account: Account, flow_id: str | None) -> 
 
 
 @router.get("/v2/accounts/{account_sid}/exophones")
+@documented("ExoPhones", "inbound", listing("data", ExoPhone), params=PAGING)
 async def list_exophones(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -166,6 +182,7 @@ async def list_exophones(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/exophones")
+@documented("Add an ExoPhone", "inbound", envelope("data", ExoPhone), body=ExoPhoneIn)
 async def add_exophone(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -183,6 +200,7 @@ async def add_exophone(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented("An ExoPhone (by id or number)", "inbound", envelope("data", ExoPhone))
 async def get_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -191,6 +209,9 @@ async def get_exophone(request: Request, account_sid: str, ref: str) -> Response
 
 
 @router.put("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented(
+    "Attach a flow to an ExoPhone", "inbound", envelope("data", ExoPhone), body=ExoPhoneUpdate
+)
 async def update_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -205,6 +226,7 @@ async def update_exophone(request: Request, account_sid: str, ref: str) -> Respo
 
 
 @router.delete("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented("Remove an ExoPhone", "inbound", envelope("data", ExoPhone))
 async def remove_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -287,6 +309,7 @@ async def _get_flow(svc: Services, account: Account, flow_id: str) -> flow_store
 
 
 @router.get("/v2/accounts/{account_sid}/flows")
+@documented("Flows", "inbound", listing("data", Flow), params=PAGING)
 async def list_flows(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -299,6 +322,7 @@ async def list_flows(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/flows")
+@documented("Create a flow", "inbound", envelope("data", Flow), body=FlowIn)
 async def create_flow(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -311,6 +335,7 @@ async def create_flow(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("A flow", "inbound", envelope("data", Flow))
 async def get_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -321,6 +346,7 @@ async def get_flow(request: Request, account_sid: str, flow_id: str) -> Response
 
 
 @router.put("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("Replace a flow", "inbound", envelope("data", Flow), body=FlowUpdateIn)
 async def update_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     """Replace a flow's definition (fields left out take their defaults); `name` is kept
     when not given. Calls already running keep the definition they started with."""
@@ -337,6 +363,7 @@ async def update_flow(request: Request, account_sid: str, flow_id: str) -> Respo
 
 
 @router.delete("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("Delete a flow (not while attached)", "inbound", envelope("data", Flow))
 async def delete_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -391,6 +418,7 @@ async def _group_response(
 
 
 @router.get("/v2/accounts/{account_sid}/groups")
+@documented("Groups", "inbound", listing("data", Group), params=PAGING)
 async def list_groups(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -403,6 +431,7 @@ async def list_groups(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/groups")
+@documented("Create a group", "inbound", envelope("data", Group), body=GroupIn)
 async def create_group(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -418,6 +447,7 @@ async def create_group(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("A group", "inbound", envelope("data", Group))
 async def get_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -426,6 +456,7 @@ async def get_group(request: Request, account_sid: str, group_id: str) -> Respon
 
 
 @router.put("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("Rename a group", "inbound", envelope("data", Group), body=GroupUpdate)
 async def update_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -440,6 +471,7 @@ async def update_group(request: Request, account_sid: str, group_id: str) -> Res
 
 
 @router.delete("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("Delete a group (not while a flow uses it)", "inbound", envelope("data", Group))
 async def delete_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -468,6 +500,7 @@ async def _flows_using_group(conn: AsyncConnection, account_sid: str, group_id: 
 
 
 @router.get("/v2/accounts/{account_sid}/groups/{group_id}/users")
+@documented("A group's users", "inbound", listing("data", GroupMember))
 async def list_members(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -479,6 +512,7 @@ async def list_members(request: Request, account_sid: str, group_id: str) -> Res
 
 
 @router.post("/v2/accounts/{account_sid}/groups/{group_id}/users")
+@documented("Add users to a group", "inbound", envelope("data", Group), body=MembersIn)
 async def add_members(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -494,6 +528,7 @@ async def add_members(request: Request, account_sid: str, group_id: str) -> Resp
 
 
 @router.delete("/v2/accounts/{account_sid}/groups/{group_id}/users/{user_id}")
+@documented("Remove a user from a group", "inbound", envelope("data", Group))
 async def remove_member(
     request: Request, account_sid: str, group_id: str, user_id: str
 ) -> Response:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from callbridge.api.openapi import documented, plain
+from callbridge.api.openapi_models import SimIncoming, SimPhone, SimReset
 from callbridge.api.schemas import Number, describe_validation_error, parse_json_object
 from callbridge.api.services import authenticated, services
 from callbridge.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
@@ -95,6 +97,9 @@ def _model(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 @router.put("/sim/v1/numbers/{contact_uri:path}")
+@documented(
+    "Script how a number answers the caller's calls", "sim", plain(SimPhone), body=BehaviourIn
+)
 async def put_number(request: Request, contact_uri: str) -> Response:
     sim, account = await _sim(request)
     uri = await _number(request, sim, account, contact_uri)
@@ -113,6 +118,7 @@ async def put_number(request: Request, contact_uri: str) -> Response:
 
 
 @router.post("/sim/v1/numbers/{contact_uri:path}/actions")
+@documented("Drive the number's legs of the caller's calls", "sim", plain(SimPhone), body=ActionIn)
 async def act(request: Request, contact_uri: str) -> Response:
     sim, account = await _sim(request)
     uri = await _number(request, sim, account, contact_uri)
@@ -124,6 +130,7 @@ async def act(request: Request, contact_uri: str) -> Response:
 
 
 @router.get("/sim/v1/numbers/{contact_uri:path}")
+@documented("A number's behaviour and live state", "sim", plain(SimPhone))
 async def get_number(request: Request, contact_uri: str) -> Response:
     sim, account = await _sim(request)
     uri = await _number(request, sim, account, contact_uri)
@@ -131,6 +138,7 @@ async def get_number(request: Request, contact_uri: str) -> Response:
 
 
 @router.delete("/sim/v1/numbers")
+@documented("Forget the caller's behaviours", "sim", plain(SimReset))
 async def reset_numbers(request: Request) -> Response:
     """Forget the caller's behaviours; other accounts keep theirs."""
     sim, account = await _sim(request)
@@ -139,6 +147,9 @@ async def reset_numbers(request: Request) -> Response:
 
 
 @router.post("/sim/v1/incoming")
+@documented(
+    "A customer calls one of the caller's ExoPhones", "sim", plain(SimIncoming), body=IncomingIn
+)
 async def incoming(request: Request) -> Response:
     svc = services(request)
     _, account = await _sim(request)
