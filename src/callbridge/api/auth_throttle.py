@@ -17,6 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from callbridge.errors import TooManyRequests
 
@@ -65,6 +66,7 @@ class _Windows:
         return len(self._windows)
 
 
+@lru_cache(maxsize=4096)
 def address_key(host: str | None) -> str:
     """What an address is counted as: IPv6 clients by their /64, as one host usually holds a
     whole /64 and could otherwise rotate through it."""
