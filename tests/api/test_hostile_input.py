@@ -4,6 +4,7 @@ shows on PostgreSQL)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -212,3 +213,13 @@ async def test_hostile_query_integers_answer_400_naming_the_parameter(
     assert envelope["http_code"] == 400
     name = query.split("?")[1].split("=")[0]
     assert message(envelope).startswith(f"{name} must be")
+
+
+@pytest.mark.parametrize(
+    "credentials", ["k\x00ey:t", "k_live_1:t\x00", "\x00:x", "k" * 5000 + ":t"]
+)
+async def test_hostile_basic_credentials_answer_401(app: Harness, credentials: str) -> None:
+    token = base64.b64encode(credentials.encode()).decode()
+    r = await app.client.get(CALLS, headers={"Authorization": f"Basic {token}"})
+    assert r.status_code == 401, r.text
+    assert r.json()["response"]["error_data"]["code"] == 1010

@@ -40,7 +40,8 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     key, sep, token = decoded.partition(":")
-    if not sep or not key:
+    if not sep or not key or "\x00" in decoded:
+        # A NUL cannot be in any stored key, and PostgreSQL refuses to compare text with one.
         return None
     return key, token
 
