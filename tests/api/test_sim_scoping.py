@@ -12,6 +12,13 @@ import pytest
 
 from callbridge.clock import ManualClock
 from callbridge.store.repo import Store
+from callbridge.telephony.sim import (
+    MAX_BEHAVIOURS_PER_ACCOUNT,
+    Behaviour,
+    Outcome,
+    SimulatedCarrier,
+    TooManyBehaviours,
+)
 
 from ..conftest import basic
 from ..harness import AGENT, CUSTOMER, EXOPHONE, Harness, running_app
@@ -139,3 +146,15 @@ async def test_sim_routes_need_valid_credentials(app: Harness) -> None:
     assert r.status_code == 401
     r = await app.client.delete("/sim/v1/numbers")
     assert r.status_code == 401
+
+
+def test_scripted_numbers_are_bounded_per_account(clock: ManualClock) -> None:
+    sim = SimulatedCarrier(clock)
+    for n in range(MAX_BEHAVIOURS_PER_ACCOUNT):
+        sim.set_behaviour(f"+91980{n:07d}", Behaviour(), "acme")
+    sim.set_behaviour("+919800000000", Behaviour(Outcome.BUSY), "acme")  # a change, not a new one
+    with pytest.raises(TooManyBehaviours):
+        sim.set_behaviour("+919999999999", Behaviour(), "acme")
+    sim.set_behaviour("+919999999999", Behaviour(), "other")  # other accounts are not held
+    sim.reset("acme")
+    sim.set_behaviour("+919999999999", Behaviour(), "acme")
