@@ -70,11 +70,23 @@ exophones = ["+918047091000"]
 
 
 class Harness:
-    def __init__(self, services: Services, client: httpx.AsyncClient, clock: ManualClock) -> None:
+    def __init__(
+        self,
+        services: Services,
+        client: httpx.AsyncClient,
+        clock: ManualClock,
+        app: Any = None,
+    ) -> None:
         self.services = services
         self.client = client
         self.clock = clock
+        self.app = app
         self.auth = basic(KEY, TOKEN)
+
+    def client_at(self, address: str) -> httpx.AsyncClient:
+        """Another client of the same app whose requests come from `address` (close it)."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://callbridge")
 
     @property
     def sim(self) -> SimulatedCarrier:
@@ -149,4 +161,4 @@ async def running_app(
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://callbridge"
             ) as client:
-                yield Harness(app.state.services, client, clock)
+                yield Harness(app.state.services, client, clock, app)

@@ -23,6 +23,7 @@ from callbridge.api import (
     dashboard_routes,
     exophones_routes,
     health,
+    openapi,
     recordings_routes,
     sim_routes,
     users_routes,
@@ -31,6 +32,8 @@ from callbridge.api import (
     v2beta_routes,
 )
 from callbridge.api.auth import Authenticator, RateLimiter
+from callbridge.api.auth_throttle import ThrottlePolicy
+from callbridge.api.envelope import failure
 from callbridge.api.idempotency import IdempotencyStore
 from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
@@ -203,7 +206,15 @@ def create_app(
                 driver=the_driver,
                 engine=engine,
                 node_id=the_node,
-                auth=Authenticator(the_store),
+                auth=Authenticator(
+                    the_store,
+                    clock=the_clock.monotonic,
+                    policy=ThrottlePolicy(
+                        window_s=settings.auth_failure_window_s,
+                        max_failures_per_address=settings.auth_max_failures_per_address,
+                        max_failures_per_key=settings.auth_max_failures_per_key,
+                    ),
+                ),
                 rate_limiter=RateLimiter(),
                 idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
                 guard=guard,
@@ -352,6 +363,7 @@ def create_app(
     app.include_router(v2beta_routes.router)
     if settings.driver == "sim":
         app.include_router(sim_routes.router)
+    openapi.install(app)
 
     def answer(request: Request, error: CallbridgeError) -> Response:
         return error_response(request.url.path, request_id(request), request.method, error)
@@ -374,7 +386,13 @@ def create_app(
         elif exc.status_code == 404:
             error = NotFound(f"no such resource: {request.url.path[:128]}")
         elif exc.status_code == 405:
-            error = MethodNotAllowed(f"{request.method} is not allowed here")
+            allowed = openapi.allowed_methods(app, request.url.path)
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+            )
+            response = failure(request_id(request), request.method, error)
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         else:
             error = CallbridgeError(str(exc.detail))
             error.http_status = exc.status_code

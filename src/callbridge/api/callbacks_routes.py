@@ -9,6 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.openapi import documented, envelope
+from callbridge.api.openapi_models import CallbackDeliveries, CallbackDelivery, WebhookSecret
+from callbridge.api.params import row_id
 from callbridge.api.services import api_account, request_id, services
 from callbridge.domain.views import format_time
 from callbridge.errors import CallNotFound, NotFound
@@ -53,6 +56,11 @@ def delivery_view(record: DeliveryRecord, tz: str) -> dict[str, Any]:
 
 
 @router.get("/v3/accounts/{account_sid}/calls/{call_sid}/callbacks")
+@documented(
+    "A call's status-callback deliveries and their attempts",
+    "callbacks",
+    envelope("callbacks", CallbackDeliveries, metadata=True),
+)
 async def list_callbacks(request: Request, account_sid: str, call_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -70,19 +78,21 @@ async def list_callbacks(request: Request, account_sid: str, call_sid: str) -> R
 
 
 @router.post("/v3/accounts/{account_sid}/calls/{call_sid}/callbacks/{delivery_id}/replay")
+@documented("Send one delivery again", "callbacks", envelope("callback", CallbackDelivery))
 async def replay_callback(
     request: Request, account_sid: str, call_sid: str, delivery_id: str
 ) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
-    if not delivery_id.isdigit():
+    number = row_id(delivery_id)
+    if number is None:
         raise NotFound("callback delivery not found")
     async with svc.store.tx() as conn:
-        record = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
+        record = await outbox_log.get_delivery(conn, account.sid, number)
         if record is None or record.row.call_sid != call_sid:
             raise NotFound("callback delivery not found")
-        await outbox_log.replay(conn, account.sid, int(delivery_id), svc.clock.now())
-        replayed = await outbox_log.get_delivery(conn, account.sid, int(delivery_id))
+        await outbox_log.replay(conn, account.sid, number, svc.clock.now())
+        replayed = await outbox_log.get_delivery(conn, account.sid, number)
     worker: DeliveryWorker | None = svc.extras.get("worker")
     if worker is not None:
         worker.wake()
@@ -97,6 +107,11 @@ def _secret_view(secrets: list[str]) -> dict[str, str | None]:
 
 
 @router.get("/v3/accounts/{account_sid}/webhook-secret")
+@documented(
+    "The secret that signs this account's callbacks",
+    "callbacks",
+    envelope("webhook_secret", WebhookSecret),
+)
 async def get_webhook_secret(request: Request, account_sid: str) -> Response:
     """The secret that signs this account's callbacks (`webhook-signature`, Standard Webhooks)."""
     svc = services(request)
@@ -111,6 +126,11 @@ async def get_webhook_secret(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v3/accounts/{account_sid}/webhook-secret/rotate")
+@documented(
+    "Rotate the signing secret (the previous one keeps signing beside it)",
+    "callbacks",
+    envelope("webhook_secret", WebhookSecret),
+)
 async def rotate_webhook_secret(request: Request, account_sid: str) -> Response:
     """New current secret; the old one keeps signing beside it until the next rotation."""
     svc = services(request)

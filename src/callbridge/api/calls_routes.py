@@ -10,8 +10,18 @@ from starlette.responses import Response
 
 from callbridge.api.envelope import EnvelopeResponse, failure, success
 from callbridge.api.idempotency import body_hash
+from callbridge.api.openapi import (
+    documented,
+    envelope,
+    header_param,
+    int_param,
+    listing,
+    str_param,
+)
+from callbridge.api.openapi_models import CallDetails, LegDetails
+from callbridge.api.params import query_int
 from callbridge.api.plain import plain_route
-from callbridge.api.schemas import parse_create_call
+from callbridge.api.schemas import CreateCallIn, parse_create_call
 from callbridge.api.services import api_account, request_id, services
 from callbridge.api.urls import check_call_urls
 from callbridge.domain.views import call_details, leg_details
@@ -32,6 +42,19 @@ router = APIRouter()
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls", "POST")
+@documented(
+    "Click-to-call: dial the agent (from), then the customer (to)",
+    "calls",
+    envelope("call_details", CallDetails),
+    body=CreateCallIn,
+    params=(
+        header_param(
+            "Idempotency-Key",
+            "Replays of the same key and body within the TTL answer the first response.",
+            maxLength=255,
+        ),
+    ),
+)
 async def create_call(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -106,6 +129,7 @@ async def _create_call(request: Request, account: Account, body: bytes) -> Envel
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}", "GET")
+@documented("A call's details", "calls", envelope("call_details", CallDetails))
 async def get_call(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -122,6 +146,7 @@ async def get_call(request: Request) -> Response:
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls/{call_sid}/legs", "GET")
+@documented("A call's legs", "calls", envelope("leg_details", LegDetails))
 async def get_legs(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
@@ -136,10 +161,19 @@ async def get_legs(request: Request) -> Response:
 
 
 @plain_route(router, "/v3/accounts/{account_sid}/calls", "GET")
+@documented(
+    "Recent calls, newest first",
+    "calls",
+    listing("call_details", CallDetails),
+    params=(
+        int_param("limit", "How many calls.", 1, 200),
+        str_param("state", "`active`: only calls not yet ended.", enum=["active"]),
+    ),
+)
 async def list_calls(request: Request) -> Response:
     svc = services(request)
     account = await api_account(request, request.path_params["account_sid"])
-    limit = _int_param(request, "limit", 50, 1, 200)
+    limit = query_int(request.query_params.get("limit"), "limit", 50, 1, 200)
     active = request.query_params.get("state") == "active"
     async with svc.store.read() as conn:
         found = await call_store.list_calls(conn, account.sid, limit=limit, active_only=active)
@@ -161,19 +195,6 @@ async def list_calls(request: Request) -> Response:
         items,
         metadata={"count": len(items), "limit": limit},
     )
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationFailed(f"{name} must be an integer") from exc
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be between {low} and {high}")
-    return value
 
 
 @router.api_route("/v3/accounts//calls", methods=["GET", "POST"], include_in_schema=False)

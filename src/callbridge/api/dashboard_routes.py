@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from callbridge.api.services import Services, api_account, request_id, services
+from callbridge.api.openapi import documented, media
+from callbridge.api.services import Services, api_account, authenticated, request_id, services
 from callbridge.dashboard.live import LiveHub, Subscription, SubscriptionClosed, TooManySubscribers
 from callbridge.dashboard.page import load_page
 from callbridge.dashboard.views import KEEP_ALIVE_FRAME, sse_frame
@@ -59,14 +60,22 @@ async def dashboard_page() -> Response:
 
 
 @router.get("/dashboard/live")
+@documented(
+    "Live events of the credentials' account (Server-Sent Events)",
+    "dashboard",
+    media("text/event-stream"),
+)
 async def own_live_stream(request: Request) -> Response:
     svc = services(request)
-    account = await svc.auth.authenticate(request.headers.get("authorization"))
+    account = await authenticated(request)
     svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
     return _open_stream(request, account)
 
 
 @router.get("/v3/accounts/{account_sid}/live")
+@documented(
+    "Live events of the account (Server-Sent Events)", "dashboard", media("text/event-stream")
+)
 async def live_stream(request: Request, account_sid: str) -> Response:
     account = await api_account(request, account_sid)
     return _open_stream(request, account)

@@ -14,7 +14,10 @@ class EnvelopeResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+        # backslashreplace: an unpaired surrogate echoed in a message becomes its JSON escape
+        # (`\ud800`) instead of failing the response.
+        text = json.dumps(content, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8", "backslashreplace")
 
 
 def success(

@@ -14,11 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.openapi import PAGING, documented, envelope, listing
+from callbridge.api.openapi_models import ExoPhone, Flow, Group, GroupMember
+from callbridge.api.params import INT32_MAX, query_int, row_id
 from callbridge.api.schemas import describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.flows import (
     Destination,
     FlowDefinition,
+    FlowDefinitionIn,
     FlowInvalid,
     parse_flow_definition,
 )
@@ -69,6 +73,18 @@ class GroupUpdate(_Lenient):
     name: str = Field(min_length=1, max_length=128)
 
 
+class FlowIn(FlowDefinitionIn):
+    """A flow as created: its name and definition (documents the body; parsed by hand)."""
+
+    name: str = Field(min_length=1, max_length=128)
+
+
+class FlowUpdateIn(FlowDefinitionIn):
+    """A flow's new definition; the name is kept when not given."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+
+
 class MembersIn(_Lenient):
     user_ids: list[str] = Field(default_factory=list, max_length=500)
     user_id: str | None = Field(default=None, max_length=64)
@@ -86,17 +102,9 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _paging(request: Request) -> tuple[int, int]:
-    values: list[int] = []
-    for name, default, high in (("offset", 0, 10**9), ("limit", 20, MAX_LIMIT)):
-        raw = request.query_params.get(name)
-        try:
-            value = default if raw is None else int(raw)
-        except ValueError as exc:
-            raise ValidationFailed(f"{name} must be an integer") from exc
-        if not 0 <= value <= high:
-            raise ValidationFailed(f"{name} must be between 0 and {high}")
-        values.append(value)
-    return values[0], values[1] or MAX_LIMIT
+    offset = query_int(request.query_params.get("offset"), "offset", 0, 0, 10**9)
+    limit = query_int(request.query_params.get("limit"), "limit", 20, 0, MAX_LIMIT)
+    return offset, limit or MAX_LIMIT
 
 
 def _listing(
@@ -161,6 +169,7 @@ async def _flow_exists(svc: Services, account: Account, flow_id: str | None) -> 
 
 
 @router.get("/v2/accounts/{account_sid}/exophones")
+@documented("ExoPhones", "inbound", listing("data", ExoPhone), params=PAGING)
 async def list_exophones(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -174,6 +183,7 @@ async def list_exophones(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/exophones")
+@documented("Add an ExoPhone", "inbound", envelope("data", ExoPhone), body=ExoPhoneIn)
 async def add_exophone(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -191,6 +201,7 @@ async def add_exophone(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented("An ExoPhone (by id or number)", "inbound", envelope("data", ExoPhone))
 async def get_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -199,6 +210,9 @@ async def get_exophone(request: Request, account_sid: str, ref: str) -> Response
 
 
 @router.put("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented(
+    "Attach a flow to an ExoPhone", "inbound", envelope("data", ExoPhone), body=ExoPhoneUpdate
+)
 async def update_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -213,6 +227,7 @@ async def update_exophone(request: Request, account_sid: str, ref: str) -> Respo
 
 
 @router.delete("/v2/accounts/{account_sid}/exophones/{ref}")
+@documented("Remove an ExoPhone", "inbound", envelope("data", ExoPhone))
 async def remove_exophone(request: Request, account_sid: str, ref: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -295,6 +310,7 @@ async def _get_flow(svc: Services, account: Account, flow_id: str) -> flow_store
 
 
 @router.get("/v2/accounts/{account_sid}/flows")
+@documented("Flows", "inbound", listing("data", Flow), params=PAGING)
 async def list_flows(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -307,6 +323,7 @@ async def list_flows(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/flows")
+@documented("Create a flow", "inbound", envelope("data", Flow), body=FlowIn)
 async def create_flow(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -319,6 +336,7 @@ async def create_flow(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("A flow", "inbound", envelope("data", Flow))
 async def get_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -329,6 +347,7 @@ async def get_flow(request: Request, account_sid: str, flow_id: str) -> Response
 
 
 @router.put("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("Replace a flow", "inbound", envelope("data", Flow), body=FlowUpdateIn)
 async def update_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     """Replace a flow's definition (fields left out take their defaults); `name` is kept
     when not given. Calls already running keep the definition they started with."""
@@ -345,6 +364,7 @@ async def update_flow(request: Request, account_sid: str, flow_id: str) -> Respo
 
 
 @router.delete("/v2/accounts/{account_sid}/flows/{flow_id}")
+@documented("Delete a flow (not while attached)", "inbound", envelope("data", Flow))
 async def delete_flow(request: Request, account_sid: str, flow_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -371,15 +391,12 @@ def _group_view(
     }
 
 
-def _group_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 12:
-        raise NotFound(f"group {raw[:64]} not found")
-    return int(raw)
-
-
 async def _get_group(svc: Services, account: Account, raw_id: str) -> group_store.Group:
-    async with svc.store.read() as conn:
-        group = await group_store.get_group(conn, account.sid, _group_id(raw_id))
+    group_id = row_id(raw_id, INT32_MAX)
+    group = None
+    if group_id is not None:
+        async with svc.store.read() as conn:
+            group = await group_store.get_group(conn, account.sid, group_id)
     if group is None:
         raise NotFound(f"group {raw_id[:64]} not found")
     return group
@@ -402,6 +419,7 @@ async def _group_response(
 
 
 @router.get("/v2/accounts/{account_sid}/groups")
+@documented("Groups", "inbound", listing("data", Group), params=PAGING)
 async def list_groups(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -414,6 +432,7 @@ async def list_groups(request: Request, account_sid: str) -> Response:
 
 
 @router.post("/v2/accounts/{account_sid}/groups")
+@documented("Create a group", "inbound", envelope("data", Group), body=GroupIn)
 async def create_group(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -429,6 +448,7 @@ async def create_group(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("A group", "inbound", envelope("data", Group))
 async def get_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -437,6 +457,7 @@ async def get_group(request: Request, account_sid: str, group_id: str) -> Respon
 
 
 @router.put("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("Rename a group", "inbound", envelope("data", Group), body=GroupUpdate)
 async def update_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -451,6 +472,7 @@ async def update_group(request: Request, account_sid: str, group_id: str) -> Res
 
 
 @router.delete("/v2/accounts/{account_sid}/groups/{group_id}")
+@documented("Delete a group (not while a flow uses it)", "inbound", envelope("data", Group))
 async def delete_group(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -479,6 +501,7 @@ async def _flows_using_group(conn: AsyncConnection, account_sid: str, group_id: 
 
 
 @router.get("/v2/accounts/{account_sid}/groups/{group_id}/users")
+@documented("A group's users", "inbound", listing("data", GroupMember))
 async def list_members(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -490,6 +513,7 @@ async def list_members(request: Request, account_sid: str, group_id: str) -> Res
 
 
 @router.post("/v2/accounts/{account_sid}/groups/{group_id}/users")
+@documented("Add users to a group", "inbound", envelope("data", Group), body=MembersIn)
 async def add_members(request: Request, account_sid: str, group_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -505,6 +529,7 @@ async def add_members(request: Request, account_sid: str, group_id: str) -> Resp
 
 
 @router.delete("/v2/accounts/{account_sid}/groups/{group_id}/users/{user_id}")
+@documented("Remove a user from a group", "inbound", envelope("data", Group))
 async def remove_member(
     request: Request, account_sid: str, group_id: str, user_id: str
 ) -> Response:

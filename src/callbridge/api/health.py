@@ -6,6 +6,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from callbridge.api.openapi import documented, plain
+from callbridge.api.openapi_models import Health, Readiness
 from callbridge.api.plain import plain_route
 from callbridge.api.services import Services
 
@@ -13,11 +15,18 @@ router = APIRouter()
 
 
 @plain_route(router, "/healthz", "GET")
+@documented("Liveness: the process is up", "probes", plain(Health), auth="none")
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
 @plain_route(router, "/readyz", "GET")
+@documented(
+    "Readiness: database reachable and driver started (else 503)",
+    "probes",
+    plain(Readiness),
+    auth="none",
+)
 async def readyz(request: Request) -> Response:
     svc: Services | None = getattr(request.app.state, "services", None)
     if svc is None:

@@ -3,7 +3,8 @@
 A FastAPI route solves its parameters and dependencies on every request, which costs about
 as much again as the rest of the framework for the v3 calls API. Handlers registered here
 take the `Request` alone and read their path parameters from it; errors go through the same
-middleware and exception handlers as every other route. They are not listed on `/docs`.
+middleware and exception handlers as every other route. Like every route they state what they
+take and answer with `@documented` (api/openapi.py), which puts them in `/openapi.json`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from starlette.responses import Response
 
 from callbridge.api.byte_ranges import requested_range
 from callbridge.api.envelope import failure, success
+from callbridge.api.openapi import documented, envelope, media, str_param
+from callbridge.api.openapi_models import RecordingLink
 from callbridge.api.services import api_account, request_id, services
 from callbridge.errors import NotFound, RangeNotSatisfiable
 from callbridge.media.service import RecordingService
@@ -47,6 +49,16 @@ async def _authorise(request: Request, account_sid: str, recording_id: str) -> N
 
 
 @router.get("/v3/accounts/{account_sid}/recordings/{recording_id}.mp3")
+@documented(
+    "A recording (MP3): with the account's credentials or a signed link",
+    "recordings",
+    media("audio/mpeg"),
+    auth="basic_or_link",
+    params=(
+        str_param("expires", "Signed link: expiry (Unix seconds)."),
+        str_param("signature", "Signed link: its signature."),
+    ),
+)
 async def download(request: Request, account_sid: str, recording_id: str) -> Response:
     service = _recordings(request)
     if not _ID.match(recording_id):
@@ -80,6 +92,11 @@ async def download(request: Request, account_sid: str, recording_id: str) -> Res
 
 
 @router.post("/v3/accounts/{account_sid}/recordings/{recording_id}/links")
+@documented(
+    "Mint a signed, expiring link to a recording",
+    "recordings",
+    envelope("recording", RecordingLink),
+)
 async def create_link(request: Request, account_sid: str, recording_id: str) -> Response:
     """A signed link that anyone can use until it expires (`recording_link_ttl_s`)."""
     svc = services(request)

@@ -7,6 +7,8 @@ Unknown fields are ignored, as Exotel clients send extras; wrong types and value
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -178,44 +180,104 @@ class CreateCallIn(_Lenient):
         )
 
 
+MAX_INT_DIGITS = 19
+"""A 64-bit integer has at most 19 digits: a longer JSON integer fits no field and no column
+(and past 4,300 digits Python's `int()` refuses to read it at all)."""
+
+
+class _Unreadable:
+    """Stands in for a JSON number that is not a usable value, until its field is named."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+_TOO_LONG = _Unreadable(f"integer has more than {MAX_INT_DIGITS} digits")
+_NON_FINITE = _Unreadable("number must be finite (not NaN, Infinity or out of range)")
+
+
+def _read_int(text: str) -> int | _Unreadable:
+    return _TOO_LONG if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _read_float(text: str) -> float | _Unreadable:
+    value = float(text)
+    return value if math.isfinite(value) else _NON_FINITE
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_read_int, parse_float=_read_float, parse_constant=lambda _name: _NON_FINITE
+)
+_SUSPECT = re.compile(
+    rb"[0-9]{%d}|[eE][+-]?[0-9]{3}|NaN|Infinity|\\u0000|\\u[dD][89a-fA-F]" % (MAX_INT_DIGITS + 1)
+)
+"""What a body must contain to hold an unreadable number, a NUL or a lone surrogate: only
+such bodies are walked."""
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that names the offending field.
+
+    Every route's body is read here, so no JSON a client sends can raise anything but a
+    ValidationFailed: malformed JSON, nesting too deep, integers too long to be numbers,
+    NaN/Infinity, and text no database stores (NUL characters, lone UTF-16 surrogates)."""
     if not body.strip():
         raise ValidationFailed("request body is empty; a JSON object is required")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(
-            f"request body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
-        ) from exc
+        data = _DECODER.decode(body.decode(json.detect_encoding(body)))
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(f"request body is not valid JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed("request body is not valid UTF-8") from exc
     except RecursionError as exc:
         raise ValidationFailed("request body is nested too deeply") from exc
+    except ValueError as exc:  # nothing else is expected: still the client's body, not a 500
+        raise ValidationFailed("request body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
-    # Valid JSON carries a NUL only as the escape \u0000: walk the body only when it has one.
-    where = _nul_at(data, "") if b"\\u0000" in body else None
-    if where is not None:
-        # No database stores NUL in text (PostgreSQL refuses it): refuse it at the door.
-        raise ValidationFailed(f"{where or 'body'}: NUL characters are not allowed")
+    if _SUSPECT.search(body) is not None:
+        try:
+            found = _first_problem(data, "")
+        except RecursionError as exc:
+            raise ValidationFailed("request body is nested too deeply") from exc
+        if found is not None:
+            where, problem = found
+            raise ValidationFailed(f"{where[:128] or 'body'}: {problem}")
     return data
 
 
-def _nul_at(value: Any, path: str) -> str | None:
-    """The path of the first key or string holding a NUL character, if any."""
+def _first_problem(value: Any, path: str) -> tuple[str, str] | None:
+    """The path and problem of the first unreadable number or NUL character, if any."""
+    if isinstance(value, _Unreadable):
+        return path, value.problem
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return _text_problem(value, path)
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return here
-            found = _nul_at(item, here)
+            found = _text_problem(key, here) or _first_problem(item, here)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul_at(item, f"{path}.{index}" if path else str(index))
+            found = _first_problem(item, f"{path}.{index}" if path else str(index))
             if found is not None:
                 return found
+    return None
+
+
+def _text_problem(text: str, path: str) -> tuple[str, str] | None:
+    if "\x00" in text:
+        # PostgreSQL cannot store or compare NUL in text.
+        return path, "NUL characters are not allowed"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A JSON escape such as "\\ud800" alone: no driver can encode it.
+            return path, "text is not valid Unicode (an unpaired surrogate)"
     return None
 
 

@@ -66,12 +66,26 @@ def request_id(request: Request) -> str:
     return rid
 
 
+def client_address(request: Request) -> str | None:
+    """The peer's address (uvicorn puts a trusted proxy's X-Forwarded-For client here)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def authenticated(request: Request) -> Account:
+    """The account of the request's Basic credentials (throttled per address and key)."""
+    svc = services(request)
+    return await svc.auth.authenticate(
+        request.headers.get("authorization"), client_address(request)
+    )
+
+
 async def v1_account(request: Request, account_sid: str) -> Account:
     """`api_account` for the v1 and v2_beta dialects, which also take the account sid as the
     Basic user name."""
     svc = services(request)
     header = request.headers.get("authorization")
-    account = await svc.auth.account_for_v1_path(header, account_sid)
+    account = await svc.auth.account_for_v1_path(header, account_sid, client_address(request))
     svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
     return account
 
@@ -79,6 +93,8 @@ async def v1_account(request: Request, account_sid: str) -> Account:
 async def api_account(request: Request, account_sid: str) -> Account:
     """Authenticate a /v2 or /v3 request for `account_sid` and apply the rate limit."""
     svc = services(request)
-    account = await svc.auth.account_for_path(request.headers.get("authorization"), account_sid)
+    account = await svc.auth.account_for_path(
+        request.headers.get("authorization"), account_sid, client_address(request)
+    )
     svc.rate_limiter.check(account.sid, account.rate_limit_per_minute)
     return account

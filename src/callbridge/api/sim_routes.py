@@ -1,4 +1,12 @@
-"""The simulated carrier's control API (SPEC §7), mounted only when the driver is `sim`."""
+"""The simulated carrier's control API (SPEC §7), mounted only when the driver is `sim`.
+
+Every route is scoped to the credentials' account. Behaviours are the account's own (its calls
+use them; another account's calls never do) and a phone's state and actions cover only the
+legs of the account's calls. A number that is another account's device or ExoPhone, and none
+of the caller's (its users' devices, its ExoPhones, or a number one of its calls has a leg up
+on), answers 404 like anything else of another account; so does another account's ExoPhone
+given to `POST /sim/v1/incoming`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from callbridge.api.openapi import documented, plain
+from callbridge.api.openapi_models import SimIncoming, SimPhone, SimReset
 from callbridge.api.schemas import Number, describe_validation_error, parse_json_object
-from callbridge.api.services import services
-from callbridge.errors import NotFound, ServiceUnavailable, ValidationFailed
+from callbridge.api.services import authenticated, services
+from callbridge.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from callbridge.numbers import InvalidContactUri, normalise
-from callbridge.telephony.sim import Behaviour, Outcome, SimulatedCarrier
+from callbridge.store import accounts as account_store
+from callbridge.store.accounts import Account
+from callbridge.telephony.sim import Behaviour, Outcome, SimulatedCarrier, TooManyBehaviours
 
 router = APIRouter()
 
@@ -42,30 +54,38 @@ class IncomingIn(BaseModel):
     to: str = Field(min_length=1, max_length=255)
 
 
-async def _sim(request: Request) -> SimulatedCarrier:
+async def _sim(request: Request) -> tuple[SimulatedCarrier, Account]:
     svc = services(request)
-    await svc.auth.authenticate(request.headers.get("authorization"))
+    account = await authenticated(request)
     if svc.sim is None:
         raise NotFound("the simulated carrier is not running")
-    return svc.sim
+    return svc.sim, account
 
 
-def _uri(raw: str) -> str:
+async def _number(request: Request, sim: SimulatedCarrier, account: Account, raw: str) -> str:
+    """The normalised number, if the account may see it (else 404)."""
     try:
-        return normalise(raw).uri
+        uri = normalise(raw, account.region).uri
     except InvalidContactUri as exc:
         raise ValidationFailed(f"contact_uri: {exc}") from exc
+    if sim.has_live_leg(uri, account.sid):
+        return uri
+    async with services(request).store.read() as conn:
+        owners = await account_store.number_owners(conn, uri)
+    if owners and account.sid not in owners:
+        raise NotFound(f"number {uri} not found")
+    return uri
 
 
-def _view(sim: SimulatedCarrier, uri: str) -> dict[str, Any]:
-    b = sim.behaviour(uri)
+def _view(sim: SimulatedCarrier, uri: str, account_sid: str) -> dict[str, Any]:
+    b = sim.behaviour(uri, account_sid)
     return {
         "contact_uri": uri,
         "outcome": b.outcome.value,
         "answer_after": b.answer_after_s,
         "hangup_after": b.hangup_after_s,
         "dtmf": b.dtmf,
-        "state": sim.phone_state(uri).value,
+        "state": sim.phone_state(uri, account_sid).value,
     }
 
 
@@ -77,58 +97,69 @@ def _model(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 @router.put("/sim/v1/numbers/{contact_uri:path}")
+@documented(
+    "Script how a number answers the caller's calls", "sim", plain(SimPhone), body=BehaviourIn
+)
 async def put_number(request: Request, contact_uri: str) -> Response:
-    sim = await _sim(request)
-    uri = _uri(contact_uri)
+    sim, account = await _sim(request)
+    uri = await _number(request, sim, account, contact_uri)
     body: BehaviourIn = _model(BehaviourIn, parse_json_object(await request.body()))
-    sim.set_behaviour(
-        uri,
-        Behaviour(
-            outcome=Outcome(body.outcome),
-            answer_after_s=body.answer_after,
-            hangup_after_s=body.hangup_after,
-            dtmf=body.dtmf,
-        ),
+    behaviour = Behaviour(
+        outcome=Outcome(body.outcome),
+        answer_after_s=body.answer_after,
+        hangup_after_s=body.hangup_after,
+        dtmf=body.dtmf,
     )
-    return JSONResponse(_view(sim, uri))
+    try:
+        sim.set_behaviour(uri, behaviour, account.sid)
+    except TooManyBehaviours as exc:
+        raise Conflict(f"{exc}; DELETE /sim/v1/numbers resets them") from exc
+    return JSONResponse(_view(sim, uri, account.sid))
 
 
 @router.post("/sim/v1/numbers/{contact_uri:path}/actions")
+@documented("Drive the number's legs of the caller's calls", "sim", plain(SimPhone), body=ActionIn)
 async def act(request: Request, contact_uri: str) -> Response:
-    sim = await _sim(request)
-    uri = _uri(contact_uri)
+    sim, account = await _sim(request)
+    uri = await _number(request, sim, account, contact_uri)
     body: ActionIn = _model(ActionIn, parse_json_object(await request.body()))
     if body.action == "dtmf" and not body.digits:
         raise ValidationFailed("digits: required for the dtmf action")
-    touched = sim.act(uri, body.action, body.digits)
-    return JSONResponse({**_view(sim, uri), "legs_affected": touched})
+    touched = sim.act(uri, body.action, body.digits, account.sid)
+    return JSONResponse({**_view(sim, uri, account.sid), "legs_affected": touched})
 
 
 @router.get("/sim/v1/numbers/{contact_uri:path}")
+@documented("A number's behaviour and live state", "sim", plain(SimPhone))
 async def get_number(request: Request, contact_uri: str) -> Response:
-    sim = await _sim(request)
-    return JSONResponse(_view(sim, _uri(contact_uri)))
+    sim, account = await _sim(request)
+    uri = await _number(request, sim, account, contact_uri)
+    return JSONResponse(_view(sim, uri, account.sid))
 
 
 @router.delete("/sim/v1/numbers")
+@documented("Forget the caller's behaviours", "sim", plain(SimReset))
 async def reset_numbers(request: Request) -> Response:
-    sim = await _sim(request)
-    sim.reset()
+    """Forget the caller's behaviours; other accounts keep theirs."""
+    sim, account = await _sim(request)
+    sim.reset(account.sid)
     return JSONResponse({"status": "reset"})
 
 
 @router.post("/sim/v1/incoming")
+@documented(
+    "A customer calls one of the caller's ExoPhones", "sim", plain(SimIncoming), body=IncomingIn
+)
 async def incoming(request: Request) -> Response:
     svc = services(request)
-    sim = await _sim(request)
-    del sim
+    _, account = await _sim(request)
     body: IncomingIn = _model(IncomingIn, parse_json_object(await request.body()))
     start_inbound = svc.extras.get("start_inbound")
     if start_inbound is None:
         raise ServiceUnavailable("inbound calls are not available")
     try:
-        caller = normalise(body.from_).uri
+        caller = normalise(body.from_, account.region).uri
     except InvalidContactUri as exc:
         raise ValidationFailed(f"from: {exc}") from exc
-    call_sid: str = await start_inbound(caller, body.to)
+    call_sid: str = await start_inbound(caller, body.to, account.sid)
     return JSONResponse({"call_sid": call_sid})

@@ -11,6 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.openapi import documented, envelope, int_param, listing, str_param
+from callbridge.api.openapi_models import Device, User, VerificationAttempt, VerificationStatus
+from callbridge.api.params import query_int
 from callbridge.api.schemas import Switch, describe_validation_error, parse_json_object
 from callbridge.api.services import Services, api_account, request_id, services
 from callbridge.domain.users import (
@@ -152,6 +155,7 @@ def _one(request: Request, data: dict[str, Any]) -> Response:
 
 
 @router.post(BASE)
+@documented("Create a user", "users", envelope("data", User), body=CreateUserIn)
 async def create_user(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -197,13 +201,25 @@ async def create_user(request: Request, account_sid: str) -> Response:
 
 
 @router.get(BASE)
+@documented(
+    "Users, filtered and paged",
+    "users",
+    listing("data", User),
+    params=(
+        str_param("fields", "`devices`, `active_call` (comma-separated) to include."),
+        str_param("devices.contact_uri", "Only users with these device numbers (comma-separated)."),
+        str_param("email", "Only users with these emails (comma-separated)."),
+        int_param("offset", "Users to skip.", 0, 10**9),
+        int_param("limit", "Users per page (at most 50 are returned).", 1, 10**9),
+    ),
+)
 async def list_users(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
     query = request.query_params
     fields = _check(UserFields.parse, query.get("fields"), False)
-    offset = _int_param(query.get("offset"), "offset", 0, 0, 10**9)
-    limit = min(_int_param(query.get("limit"), "limit", MAX_PAGE, 1, 10**9), MAX_PAGE)
+    offset = query_int(query.get("offset"), "offset", 0, 0, 10**9)
+    limit = min(query_int(query.get("limit"), "limit", MAX_PAGE, 1, 10**9), MAX_PAGE)
     emails: list[str] | None = None
     if query.get("email") is not None:
         emails = [
@@ -230,6 +246,12 @@ async def list_users(request: Request, account_sid: str) -> Response:
 
 
 @router.get(BASE + "/{user_id}")
+@documented(
+    "A user",
+    "users",
+    envelope("data", User),
+    params=(str_param("fields", "`devices`, `active_call` (comma-separated) to include."),),
+)
 async def get_user(request: Request, account_sid: str, user_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -238,6 +260,7 @@ async def get_user(request: Request, account_sid: str, user_id: str) -> Response
 
 
 @router.put(BASE + "/{user_id}")
+@documented("Update a user", "users", envelope("data", User), body=UpdateUserIn)
 async def update_user(request: Request, account_sid: str, user_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -271,6 +294,7 @@ async def update_user(request: Request, account_sid: str, user_id: str) -> Respo
 
 
 @router.delete(BASE + "/{user_id}")
+@documented("Delete a user (not while on a call)", "users", envelope("data", User))
 async def delete_user(request: Request, account_sid: str, user_id: str) -> Response:
     """A user on a call cannot be deleted (409): the call would lose its agent mid-way."""
     svc = services(request)
@@ -310,6 +334,7 @@ async def _owned_device(
 
 
 @router.get(BASE + "/{user_id}/devices/{device_id}")
+@documented("A user's device", "users", envelope("data", Device))
 async def get_device(request: Request, account_sid: str, user_id: str, device_id: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -318,6 +343,12 @@ async def get_device(request: Request, account_sid: str, user_id: str, device_id
 
 
 @router.put(BASE + "/{user_id}/devices/{device_id}")
+@documented(
+    "Turn a device ON/OFF, rename it or change its number",
+    "users",
+    envelope("data", Device),
+    body=UpdateDeviceIn,
+)
 async def update_device(
     request: Request, account_sid: str, user_id: str, device_id: str
 ) -> Response:
@@ -406,6 +437,12 @@ def _verifier(svc: Services) -> VerificationService:
 
 
 @router.post(BASE + "/{user_id}/devices/{device_id}/verification")
+@documented(
+    "Call the device and verify it by its keyed-back code",
+    "users",
+    envelope("data", VerificationAttempt),
+    status=202,
+)
 async def verify_device(
     request: Request, account_sid: str, user_id: str, device_id: str
 ) -> Response:
@@ -422,6 +459,7 @@ async def verify_device(
 
 
 @router.get(BASE + "/{user_id}/devices/{device_id}/verification")
+@documented("A device's verification state", "users", envelope("data", VerificationStatus))
 async def verification_status(
     request: Request, account_sid: str, user_id: str, device_id: str
 ) -> Response:
@@ -464,15 +502,3 @@ def normalise_filter(account: Account, raw: str) -> str:
         return normalise(raw, account.region).uri
     except InvalidContactUri as exc:
         raise ValidationFailed(f"devices.contact_uri: {exc}") from exc
-
-
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationFailed(f"{name} must be an integer") from exc
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be at least {low}")
-    return value

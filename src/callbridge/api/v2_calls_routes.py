@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callbridge.api.envelope import success
+from callbridge.api.openapi import documented, envelope
+from callbridge.api.openapi_models import V2CallDetails
 from callbridge.api.schemas import (
     MAX_URL_LENGTH,
     Flag,
@@ -187,6 +189,12 @@ def v2_view(
 
 
 @router.post("/v2/accounts/{account_sid}/calls")
+@documented(
+    "Click-to-call for a user (v2)",
+    "calls",
+    envelope("data", V2CallDetails),
+    body=V2CreateCallIn,
+)
 async def create_call(request: Request, account_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)
@@ -218,6 +226,7 @@ async def create_call(request: Request, account_sid: str) -> Response:
 
 
 @router.get("/v2/accounts/{account_sid}/calls/{call_sid}")
+@documented("A call in v2 names", "calls", envelope("data", V2CallDetails))
 async def get_call(request: Request, account_sid: str, call_sid: str) -> Response:
     svc = services(request)
     account = await api_account(request, account_sid)

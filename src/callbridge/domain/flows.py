@@ -21,6 +21,9 @@ from callbridge.domain.options import (
 
 MAX_DESTINATIONS = 200
 MAX_URL_LENGTH = 2048
+MAX_GROUP_ID = 2**31 - 1
+"""Group ids are a 32-bit integer column: a larger id names no group (and PostgreSQL refuses
+to compare the column with it)."""
 
 
 class Strategy(StrEnum):
@@ -151,39 +154,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class _DestinationIn(_Strict):
+class FlowDestinationIn(_Strict):
     user_id: str | None = Field(default=None, min_length=1, max_length=64)
-    group_id: int | None = Field(default=None, ge=1)
+    group_id: int | None = Field(default=None, ge=1, le=MAX_GROUP_ID)
     contact_uri: str | None = Field(default=None, min_length=1, max_length=255)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> _DestinationIn:
+    def _exactly_one(self) -> FlowDestinationIn:
         given = [v for v in (self.user_id, self.group_id, self.contact_uri) if v is not None]
         if len(given) != 1:
             raise ValueError("each destination needs exactly one of user_id, group_id, contact_uri")
         return self
 
 
-class _RecordingIn(_Strict):
+class FlowRecordingIn(_Strict):
     record: bool = False
     channels: Literal["single", "dual"] = "single"
     format: Literal["mp3", "mp3-hq"] = "mp3"
 
 
-class _ConnectIn(_Strict):
-    destinations: list[_DestinationIn] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
+class ConnectStepIn(_Strict):
+    destinations: list[FlowDestinationIn] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
     strategy: Strategy = Strategy.SEQUENTIAL
     attempt_timeout_s: int = Field(default=30, ge=1, le=600)
     max_conversation_s: int = Field(default=14400, ge=1, le=14400)
     cooldown_s: int = Field(default=0, ge=0, le=3600)
-    recording: _RecordingIn = Field(default_factory=_RecordingIn)
+    recording: FlowRecordingIn = Field(default_factory=FlowRecordingIn)
     wait_audio_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
     url_timeout_s: float = Field(default=5.0, gt=0, le=30)
     fallback: Fallback = Fallback.STATIC
 
 
-class _NoAgentIn(_Strict):
+class NoAgentStepIn(_Strict):
     action: NoAgentAction = NoAgentAction.MESSAGE
     message_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     message_s: int = Field(default=5, ge=0, le=300)
@@ -192,7 +195,7 @@ class _NoAgentIn(_Strict):
     retry_interval_s: int = Field(default=5, ge=1, le=300)
 
 
-class _CallbackIn(_Strict):
+class FlowCallbackIn(_Strict):
     event: Literal["answered", "terminal"]
     url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
     method: Literal["POST", "GET"] = "POST"
@@ -204,16 +207,16 @@ class _CallbackIn(_Strict):
         return value.upper() if isinstance(value, str) else value
 
 
-class _FlowIn(_Strict):
-    connect: _ConnectIn = Field(default_factory=_ConnectIn)
-    no_agent: _NoAgentIn = Field(default_factory=_NoAgentIn)
-    status_callback: list[_CallbackIn] = Field(default_factory=list, max_length=10)
+class FlowDefinitionIn(_Strict):
+    connect: ConnectStepIn = Field(default_factory=ConnectStepIn)
+    no_agent: NoAgentStepIn = Field(default_factory=NoAgentStepIn)
+    status_callback: list[FlowCallbackIn] = Field(default_factory=list, max_length=10)
 
 
 def parse_flow_definition(data: dict[str, Any]) -> FlowDefinition:
     """Validate a flow definition (`connect`, `no_agent`, `status_callback`); raises FlowInvalid."""
     try:
-        raw = _FlowIn.model_validate(data)
+        raw = FlowDefinitionIn.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(part) for part in first["loc"]) or "flow"

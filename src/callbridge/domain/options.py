@@ -170,8 +170,12 @@ class CallOptions:
 
 
 def without_userinfo(url: str) -> str:
-    """The URL without `user:password@`."""
-    parts = urlsplit(url)
+    """The URL without `user:password@`; a URL that cannot be split is returned as it is, for
+    the URL checks to refuse."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. `ws://[::1/x`
+        return url
     if "@" not in parts.netloc:
         return url
     host = parts.netloc.rsplit("@", 1)[1]

@@ -186,8 +186,9 @@ def _flag(value: Any) -> bool | None:
 def _seconds(value: Any, low: int, high: int) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        # ASCII only ('²'.isdigit() is true); float() reads 5,000 digits as inf, out of range.
+        value = float(value.strip())
     if isinstance(value, int | float) and low <= value <= high:
         return int(value)
     return None

@@ -95,12 +95,15 @@ class InboundService:
 
     # -- entry points ----------------------------------------------------------------------
 
-    async def start_inbound(self, from_number: str, to_exophone: str) -> str:
-        """The simulated carrier's `POST /sim/v1/incoming`: a customer calls an ExoPhone."""
+    async def start_inbound(
+        self, from_number: str, to_exophone: str, account_sid: str | None = None
+    ) -> str:
+        """The simulated carrier's `POST /sim/v1/incoming`: a customer calls an ExoPhone (of
+        `account_sid` when given: another account's ExoPhone is not found, like any number)."""
         number = dialled_number(to_exophone)
         async with self.services.store.read() as conn:
             phone = await account_store.exophone_by_number(conn, number)
-        if phone is None:
+        if phone is None or (account_sid is not None and phone.account_sid != account_sid):
             raise VirtualNumberNotFound(f"{number} is not an ExoPhone")
         sim = self.services.sim
         if sim is None:
@@ -110,7 +113,7 @@ class InboundService:
         self._pending[leg_sid] = future
         try:
             try:
-                sim.place_incoming(leg_sid, from_number.strip(), number)
+                sim.place_incoming(leg_sid, from_number.strip(), number, phone.account_sid)
             except DriverError as exc:
                 raise ServiceUnavailable(str(exc)) from exc
             return await future

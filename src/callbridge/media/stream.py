@@ -40,6 +40,7 @@ ResolveFn = Callable[[], Awaitable[Sequence[str]]]
 refuse it. Runs in the session's background task, so DNS never delays the call."""
 
 ALLOWED_RATES = (8000, 16000, 24000)
+_RATE_TEXTS = {str(rate) for rate in ALLOWED_RATES}
 MAX_MARK_NAME = 256
 MAX_CUSTOM_PARAMETERS = 16
 MAX_CUSTOM_TEXT = 256
@@ -62,20 +63,28 @@ class StreamTarget:
 
     @classmethod
     def parse(cls, raw: str) -> StreamTarget:
-        parts = urllib.parse.urlsplit(raw)
+        try:
+            parts = urllib.parse.urlsplit(raw)
+            port = parts.port  # raises for a port outside 0..65535 or not a number
+        except ValueError:
+            # `ws://[::1/x` (unclosed bracket) or `ws://h:99999/`: the message never echoes
+            # the URL, which may carry credentials.
+            raise StreamUrlError("stream URL cannot be parsed (host or port)") from None
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise StreamUrlError("stream URL must be ws:// or wss:// with a host")
+        if port == 0:
+            raise StreamUrlError("stream URL port is invalid")
         rate = SAMPLE_RATE
         custom: dict[str, str] = {}
         for key, value in urllib.parse.parse_qsl(parts.query):
             if key == "sample-rate":
-                if not value.isdigit() or int(value) not in ALLOWED_RATES:
+                if value not in _RATE_TEXTS:
                     raise StreamUrlError("sample-rate must be 8000, 16000 or 24000")
                 rate = int(value)
             elif len(custom) < MAX_CUSTOM_PARAMETERS:
                 custom[key[:MAX_CUSTOM_TEXT]] = value[:MAX_CUSTOM_TEXT]
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        netloc = f"{host}:{port}" if port else host
         auth = None
         if parts.username is not None:
             user = urllib.parse.unquote(parts.username)

@@ -142,7 +142,12 @@ async def fetch_wav(
                 if response.status_code != 200:
                     raise InvalidAudio(f"audio URL answered HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                if (
+                    declared is not None
+                    and declared.isascii()
+                    and declared.isdigit()
+                    and float(declared) > max_bytes
+                ):
                     raise InvalidAudio(f"audio larger than {max_bytes} bytes")
                 async for piece in response.aiter_bytes():
                     body += piece

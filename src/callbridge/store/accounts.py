@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.ids import new_sid
-from callbridge.store.tables import accounts, exophones
+from callbridge.store.tables import accounts, devices, exophones
 
 _PBKDF2_ITERATIONS = 120_000
 
@@ -41,6 +41,12 @@ def hash_token(token: str, *, salt: bytes | None = None) -> str:
     salt = salt or os.urandom(16)
     digest = hashlib.pbkdf2_hmac("sha256", token.encode(), salt, _PBKDF2_ITERATIONS)
     return f"pbkdf2${_PBKDF2_ITERATIONS}${salt.hex()}${digest.hex()}"
+
+
+def unmatchable_token_hash() -> str:
+    """A stored-hash string with the real parameters that no token matches (its digest is
+    not a PBKDF2 output anyone can aim at): verifying against it costs a real verification."""
+    return f"pbkdf2${_PBKDF2_ITERATIONS}${os.urandom(16).hex()}${'0' * 64}"
 
 
 def verify_token(token: str, stored: str) -> bool:
@@ -136,6 +142,15 @@ async def find_exophone(conn: AsyncConnection, account_sid: str, number: str) ->
 async def exophone_by_number(conn: AsyncConnection, number: str) -> ExoPhone | None:
     row = (await conn.execute(select(exophones).where(exophones.c.number == number))).first()
     return _exophone(row) if row else None
+
+
+async def number_owners(conn: AsyncConnection, contact_uri: str) -> set[str]:
+    """The accounts that have the number as a user's device or as an ExoPhone."""
+    query = union(
+        select(devices.c.account_sid).where(devices.c.contact_uri == contact_uri),
+        select(exophones.c.account_sid).where(exophones.c.number == contact_uri),
+    )
+    return {str(row[0]) for row in await conn.execute(query)}
 
 
 async def list_exophones(conn: AsyncConnection, account_sid: str) -> list[ExoPhone]:

@@ -4,6 +4,11 @@ A phone's behaviour decides how each leg dialled to it ends: answered after `ans
 seconds (then optionally hung up by the phone after `hangup_after` and keying `dtmf`), busy,
 never answered, rejected, unreachable, switched off, or `manual` (a test or a person drives
 it through the sim control API). Audio is delegated to a media plane when one is attached.
+
+Behaviours and phones are seen per account: a behaviour set for an account applies to the legs
+that account's calls dial (a behaviour set with no account applies to every account that set
+none), and an account reads and drives only the legs of its own calls. Two accounts may script
+the same number differently without touching each other's calls.
 """
 
 from __future__ import annotations
@@ -64,6 +69,12 @@ class Behaviour:
 
 
 DEFAULT_BEHAVIOUR = Behaviour()
+MAX_BEHAVIOURS_PER_ACCOUNT = 10_000
+"""The control API may script this many numbers per account; memory stays bounded."""
+
+
+class TooManyBehaviours(DriverError):
+    """An account tried to script more than MAX_BEHAVIOURS_PER_ACCOUNT numbers."""
 
 
 class MediaPlane(Protocol):
@@ -88,6 +99,7 @@ class SimLeg:
     sid: str
     contact_uri: str
     behaviour: Behaviour
+    account_sid: str | None
     phase: LegPhase = LegPhase.RINGING
     timers: list[Timer] = field(default_factory=list)
     peer: str | None = None
@@ -107,7 +119,8 @@ class SimulatedCarrier:
         self._clock = clock
         self._media = media
         self._sink: EventSink | None = None
-        self._behaviours: dict[str, Behaviour] = {}
+        self._behaviours: dict[str | None, dict[str, Behaviour]] = {}
+        """account sid (None: every account) → contact URI → behaviour."""
         self._legs: dict[str, SimLeg] = {}
         self._incoming: IncomingHandler | None = None
         self.timer_lateness_s: list[float] | None = None
@@ -115,31 +128,65 @@ class SimulatedCarrier:
 
     # -- control API ---------------------------------------------------------------------
 
-    def set_behaviour(self, contact_uri: str, behaviour: Behaviour) -> None:
-        self._behaviours[contact_uri] = behaviour
+    def set_behaviour(
+        self, contact_uri: str, behaviour: Behaviour, account_sid: str | None = None
+    ) -> None:
+        """Script the number for `account_sid`'s calls (None: for every account's)."""
+        scripted = self._behaviours.setdefault(account_sid, {})
+        if contact_uri not in scripted and len(scripted) >= MAX_BEHAVIOURS_PER_ACCOUNT:
+            raise TooManyBehaviours(
+                f"at most {MAX_BEHAVIOURS_PER_ACCOUNT} numbers may be scripted per account"
+            )
+        scripted[contact_uri] = behaviour
 
-    def behaviour(self, contact_uri: str) -> Behaviour:
-        return self._behaviours.get(contact_uri, DEFAULT_BEHAVIOUR)
+    def behaviour(self, contact_uri: str, account_sid: str | None = None) -> Behaviour:
+        """What the number does when `account_sid`'s call dials it."""
+        own = self._behaviours.get(account_sid)
+        if own is not None and contact_uri in own:
+            return own[contact_uri]
+        return self._behaviours.get(None, {}).get(contact_uri, DEFAULT_BEHAVIOUR)
 
-    def reset(self) -> None:
-        self._behaviours.clear()
+    def reset(self, account_sid: str | None = None) -> None:
+        """Forget `account_sid`'s behaviours (None: every behaviour of every account)."""
+        if account_sid is None:
+            self._behaviours.clear()
+        else:
+            self._behaviours.pop(account_sid, None)
 
-    def phone_state(self, contact_uri: str) -> PhoneState:
+    def _legs_of(self, contact_uri: str, account_sid: str | None) -> list[SimLeg]:
+        return [
+            leg
+            for leg in self._legs.values()
+            if leg.contact_uri == contact_uri
+            and (account_sid is None or leg.account_sid == account_sid)
+        ]
+
+    def has_live_leg(self, contact_uri: str, account_sid: str) -> bool:
+        """Whether one of `account_sid`'s calls has a leg up on the number now."""
+        return bool(self._legs_of(contact_uri, account_sid))  # ended legs are dropped at once
+
+    def phone_state(self, contact_uri: str, account_sid: str | None = None) -> PhoneState:
+        """The phone as `account_sid`'s calls see it (None: as any call sees it)."""
         state = PhoneState.IDLE
-        for leg in self._legs.values():
-            if leg.contact_uri != contact_uri:
-                continue
+        for leg in self._legs_of(contact_uri, account_sid):
             if leg.phase is LegPhase.ANSWERED:
                 return PhoneState.IN_CALL
             if leg.phase is LegPhase.RINGING:
                 state = PhoneState.RINGING
         return state
 
-    def act(self, contact_uri: str, action: str, digits: str | None = None) -> int:
-        """Apply a control action to the phone's live legs; returns how many legs it touched."""
+    def act(
+        self,
+        contact_uri: str,
+        action: str,
+        digits: str | None = None,
+        account_sid: str | None = None,
+    ) -> int:
+        """Apply a control action to the phone's live legs of `account_sid`'s calls (None: of
+        every call); returns how many legs it touched."""
         touched = 0
-        for leg in list(self._legs.values()):
-            if leg.contact_uri != contact_uri or leg.phase is LegPhase.ENDED:
+        for leg in self._legs_of(contact_uri, account_sid):
+            if leg.phase is LegPhase.ENDED:
                 continue
             if action == "answer" and leg.phase is LegPhase.RINGING:
                 self._answer(leg)
@@ -157,14 +204,18 @@ class SimulatedCarrier:
             touched += 1
         return touched
 
-    def place_incoming(self, leg_sid: str, from_uri: str, to_uri: str) -> None:
-        """A customer (`from_uri`) calls one of our numbers: report it to the engine.
+    def place_incoming(
+        self, leg_sid: str, from_uri: str, to_uri: str, account_sid: str | None = None
+    ) -> None:
+        """A customer (`from_uri`) calls one of our numbers (of `account_sid`): report it to
+        the engine.
 
-        The customer's behaviour applies once the engine answers: `hangup_after` counts
-        from the answer, `dtmf` is keyed after it; `manual` customers hang up on request."""
+        The customer's behaviour (for that account) applies once the engine answers:
+        `hangup_after` counts from the answer, `dtmf` is keyed after it; `manual` customers
+        hang up on request."""
         if self._incoming is None or self._sink is None:
             raise DriverError("the simulated carrier takes no inbound calls now")
-        leg = SimLeg(leg_sid, from_uri, self.behaviour(from_uri))
+        leg = SimLeg(leg_sid, from_uri, self.behaviour(from_uri, account_sid), account_sid)
         self._legs[leg_sid] = leg
         self._incoming(IncomingCall(leg_sid, from_uri, to_uri))
 
@@ -198,8 +249,8 @@ class SimulatedCarrier:
     async def dial(self, request: DialRequest) -> None:
         if self._sink is None:
             raise DriverError("simulated carrier is not started")
-        behaviour = self.behaviour(request.contact_uri)
-        leg = SimLeg(request.leg_sid, request.contact_uri, behaviour)
+        behaviour = self.behaviour(request.contact_uri, request.account_sid)
+        leg = SimLeg(request.leg_sid, request.contact_uri, behaviour, request.account_sid)
         self._legs[leg.sid] = leg
         outcome = behaviour.outcome
         if outcome in (Outcome.UNREACHABLE, Outcome.SWITCHED_OFF):

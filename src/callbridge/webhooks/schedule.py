@@ -76,8 +76,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(int(value))
+    if value.isascii() and value.isdigit():
+        # float(), not int(): a 5,000-digit value is inf (capped later), not a ValueError.
+        return float(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
