@@ -120,9 +120,10 @@ class RangeNotSatisfiable(CallbridgeError):
 
 
 class NotProvided(CallbridgeError):
-    """An Exotel endpoint family callbridge does not implement (SMS, number lookup, …)."""
+    """An Exotel endpoint family callbridge does not implement (SMS, number lookup, …): a 404
+    whose message says so (not a 5xx: nothing failed, the resource is not here)."""
 
-    http_status, code, description = 501, 501, "Not provided by callbridge"
+    http_status, code, description = 404, 404, "Not provided by callbridge"
 
 
 class PayloadTooLarge(CallbridgeError):

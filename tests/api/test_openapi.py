@@ -37,8 +37,14 @@ BODILESS: dict[tuple[str, str], str] = {
     ("post", "/v3/accounts/{account_sid}/webhook-secret/rotate"): "",
     ("post", "/v3/accounts/{account_sid}/recordings/{recording_id}/links"): "",
     ("post", "/v2/accounts/{account_sid}/users/{user_id}/devices/{device_id}/verification"): "",
+    **{
+        (method, f"/{dialect}/Accounts/{{account_sid}}/{{rest}}"): ""
+        for method in ("post", "put")
+        for dialect in ("v1", "v2_beta")
+    },
 }
-"""POST and PUT operations that take no body: the path says everything."""
+"""POST and PUT operations that take no body: the path says everything (the v1 and v2_beta
+catch-alls answer 404, naming Exotel APIs callbridge does not provide, whatever is sent)."""
 
 
 def _document() -> dict[str, Any]:

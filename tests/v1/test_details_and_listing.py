@@ -159,14 +159,14 @@ async def test_unserved_exotel_endpoints_say_so_and_unknown_paths_are_404(
             data={"From": EXOPHONE, "To": CUSTOMER, "Body": "hi"},
             headers=h.auth,
         )
-        assert sms.status_code == 501
+        assert sms.status_code == 404
         assert rest_exception(sms) == {
-            "Status": 501,
+            "Status": 404,
             "Message": "callbridge does not provide Exotel's SMS API (Sms/send, Sms/Messages)",
-            "Code": 501,
+            "Code": 404,
         }
         lookup = await h.client.get(f"/v1/Accounts/{ACCOUNT}/Numbers/{CUSTOMER}", headers=h.auth)
-        assert lookup.status_code == 501
+        assert lookup.status_code == 404
         assert "number lookup" in rest_exception(lookup)["Message"]  # XML, no .json
         for path in ["/v1/Nothing", f"/v1/Accounts/{ACCOUNT}/Widgets.json", "/v2_beta/x"]:
             r = await h.client.get(path, headers=h.auth)
@@ -178,7 +178,8 @@ async def test_unserved_exotel_endpoints_say_so_and_unknown_paths_are_404(
         buy = await h.client.post(
             f"/v2_beta/Accounts/{ACCOUNT}/IncomingPhoneNumbers", data={}, headers=h.auth
         )
-        assert buy.status_code == 501
+        assert buy.status_code == 404
+        assert "/v2/accounts/{sid}/exophones" in rest_exception(buy)["Message"]
 
 
 async def test_exophones_list_as_incoming_phone_numbers_with_their_flow(

@@ -155,7 +155,7 @@ def test_exotel_sdk_sees_refusals_as_rest_exceptions(server: Server) -> None:
     denied = wrong.call_details(first_sid)
     assert denied.status_code == 401 and denied.json()["RestException"]["Code"] == 1010
     sms = client.sms(EXOPHONE, CUSTOMER, "hello")
-    assert sms.status_code == 501
+    assert sms.status_code == 404
     assert "does not provide Exotel's SMS API" in sms.json()["RestException"]["Message"]
     assert client.call_details("f" * 32).status_code == 404
 

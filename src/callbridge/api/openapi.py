@@ -4,8 +4,10 @@ with its request body and answer schemas and Basic auth.
 Routes read their own bodies (so the plain hot-path routes and the FastAPI ones behave the
 same), so FastAPI cannot see what they take or answer. Each handler says it instead, with
 `@documented(...)` next to its route; the document is built from the mounted routes and those
-declarations. A route without one is left out, and the test that compares the document with
-the mounted routes fails until it has one.
+declarations. FastAPI routes that declare their parameters the FastAPI way (the v1 dialect's
+form fields and response models) are documented by FastAPI itself and merged in. A route
+with neither is left out, and the test that compares the document with the mounted routes
+fails until it has one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -166,6 +170,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, method, doc in operations:
         paths.setdefault(path, {})[method.lower()] = _operation(path, method, doc, refs)
+    _add_introspected(app, paths, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -190,6 +195,36 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     }
 
 
+def _add_introspected(
+    app: FastAPI, paths: dict[str, dict[str, Any]], schemas: dict[str, Any]
+) -> None:
+    """Add what FastAPI itself documents: routes that declare their parameters, form fields
+    and response models the FastAPI way (the v1 dialect) need no `@documented`. Their
+    operations are Basic-authenticated like every other."""
+    routes = [
+        route
+        for route in (getattr(r, "original_route", r) for r in mounted_routes(app))
+        if isinstance(route, APIRoute) and route.include_in_schema and route.endpoint not in _DOCS
+    ]
+    if not routes:
+        return
+    generated = get_openapi(title=app.title, version=app.version, routes=routes)
+    for path, operations in generated.get("paths", {}).items():
+        for method, operation in operations.items():
+            operation.setdefault("security", [{"basicAuth": []}])
+            responses = operation["responses"]
+            # Invalid input is the dialect's own 400, never FastAPI's 422 shape; any other
+            # failure has the shape of the errors the route declares.
+            responses.pop("422", None)
+            errors = [r for code, r in responses.items() if code[0] in "45" and r.get("content")]
+            responses.setdefault(
+                "default", errors[0] if errors else {"description": "Error", **_ERROR_RESPONSE}
+            )
+            paths.setdefault(path, {}).setdefault(method, operation)
+    for name, schema in generated.get("components", {}).get("schemas", {}).items():
+        schemas.setdefault(name, schema)
+
+
 def install(app: FastAPI) -> None:
     """Serve the built document at the app's `openapi_url` (built once, on first request)."""
     built: dict[str, Any] = {}
@@ -206,6 +241,7 @@ def install(app: FastAPI) -> None:
 
 _REF = "#/components/schemas/{model}"
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorEnvelope")}}}
+_ERROR_RESPONSE = {"content": _ERROR_CONTENT}
 _ID_HEADER = {
     "X-Request-Id": {"description": "The request id, as in the body.", "schema": {"type": "string"}}
 }

@@ -2,7 +2,7 @@
 and a flow), call details and bulk call details. Paths answer XML, or JSON with `.json`;
 errors are v1's `RestException` (rendered by `v1_dialect.error_response`).
 
-v1 Exotel endpoints callbridge does not provide (SMS, number lookup…) answer 501 with a message
+v1 Exotel endpoints callbridge does not provide (SMS, number lookup…) answer 404 with a message
 that says so; any other unknown v1 path is a 404 in the same shape.
 """
 
@@ -287,7 +287,7 @@ async def list_calls_xml(request: Request, account: V1Account, query: ListParams
 
 
 async def other_v1(request: Request, account_sid: str, rest: str) -> Response:
-    """Exotel v1 endpoints callbridge does not provide answer 501 saying so; others 404."""
+    """Exotel v1 endpoints callbridge does not provide answer 404 saying so; others 404."""
     family = rest.split("/", 1)[0].lower().removesuffix(".json")
     if family in NOT_PROVIDED:
         raise NotProvided(f"callbridge does not provide Exotel's {NOT_PROVIDED[family]}")
@@ -307,5 +307,5 @@ for _method in ANY_METHOD:
         operation_id=f"other_v1_{_method.lower()}",
         response_class=Response,
         responses=NOT_SERVED,
-        summary="Other v1 endpoints: 501 for Exotel's that callbridge does not provide, else 404",
+        summary="Other v1 endpoints: 404, saying so for Exotel's that callbridge does not provide",
     )

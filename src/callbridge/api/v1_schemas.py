@@ -111,6 +111,6 @@ V1_ERRORS: dict[int | str, dict[str, object]] = {
 """Errors documented on the JSON routes; the XML routes answer the same as XML."""
 
 NOT_SERVED: dict[int | str, dict[str, object]] = {
-    status: {"model": V1RestException, "description": "RestException"} for status in (404, 405, 501)
+    status: {"model": V1RestException, "description": "RestException"} for status in (404, 405)
 }
 ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -116,9 +116,10 @@ async def get_number(request: Request, account: V1Account, phone_sid: str) -> Re
 
 
 async def other_v2_beta(request: Request, account_sid: str, rest: str) -> Response:
-    """ExoPhone changes and purchases answer 501 (callbridge has its own API); others 404."""
+    """ExoPhone changes and purchases answer 404 saying callbridge has its own API for them;
+    anything else (an ExoPhone id that cannot exist, another family) is a plain 404."""
     family = rest.split("/", 1)[0].lower().removesuffix(".json")
-    if family == "incomingphonenumbers":
+    if family == "incomingphonenumbers" and request.method != "GET":
         raise NotProvided(
             f"callbridge does not provide {request.method} here: change ExoPhones with "
             "/v2/accounts/{sid}/exophones"
@@ -136,5 +137,5 @@ for _method in ANY_METHOD:
         operation_id=f"other_v2_beta_{_method.lower()}",
         response_class=Response,
         responses=NOT_SERVED,
-        summary="Other v2_beta endpoints: 501 for ExoPhone changes and purchases, else 404",
+        summary="Other v2_beta endpoints: 404 (saying where ExoPhones are changed), else 404",
     )
