@@ -127,5 +127,12 @@ class ServiceUnavailable(CallbridgeError):
     http_status, code, description = 503, 503, "Service unavailable"
 
 
+class SipCapacityExhausted(ServiceUnavailable):
+    """Every media worker is full: the click-to-call is refused before anything is dialled."""
+
+    description = "SIP capacity exhausted"
+    retry_after_s = 1
+
+
 class InternalError(CallbridgeError):
     http_status, code, description = 500, 1100, "Internal Server Error"
