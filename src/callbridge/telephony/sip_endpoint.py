@@ -48,6 +48,9 @@ def stun_address(server: str) -> str:
 def create_endpoint(config: WorkerConfig) -> Any:
     """Create, configure and start the Endpoint; transports bound to `bind_host`."""
     ep = pj.Endpoint()
+    # pjlib logs its start-up at its compiled-in level, before libInit applies ours.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(pj._pjsua2.__file__).pj_log_set_level(ctypes.c_int(config.pj_log_level))
     ep.libCreate()
     cfg = pj.EpConfig()
     cfg.uaConfig.threadCnt = 0
