@@ -202,6 +202,11 @@ class SipRecording:
         self._stopping = False
         self._result: RecordingResult | None = None
 
+    @property
+    def received_s(self) -> float:
+        """Seconds of the call encoded and received so far."""
+        return self._frames * FRAME_MS / 1000
+
     def on_data(self, mp3: bytes, frames: int) -> None:
         if not self._done.done():
             self._chunks.append(mp3)
