@@ -115,6 +115,24 @@ async def test_phone_number_goes_to_the_trunk_with_the_exophone_as_caller_id(
     assert f"sip:{EXOPHONE}@127.0.0.1" in from_header
 
 
+async def test_offer_is_one_g711_audio_stream_so_a_call_takes_two_rtp_ports(
+    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+) -> None:
+    far = sipp("uas_answer_echo.xml", pause_ms=0, rtp_echo=True, extra=["-trace_msg"])
+    driver = await make_driver(workers=1)
+    await driver.dial(dial("L1", "C1", f"sip:agent@{far.uri_host}"))
+    await events.wait("L1", LegEventKind.ANSWERED)
+    await driver.hangup("L1")
+    assert await wait_sipp(far) == 0
+    messages = "".join(p.read_text() for p in far.workdir.glob("*_messages.log"))
+    invite = messages[messages.index("INVITE sip:") :]
+    sdp = invite[invite.index("v=0") : invite.index("\n\n---")]
+    media = [line for line in sdp.splitlines() if line.startswith("m=")]
+    assert len(media) == 1 and media[0].startswith("m=audio ")
+    rtpmaps = sorted(line.split()[1] for line in sdp.splitlines() if line.startswith("a=rtpmap"))
+    assert rtpmaps == ["PCMA/8000", "PCMU/8000", "telephone-event/8000"]
+
+
 async def test_unroutable_contact_reports_failed_after_dial_returns(
     make_driver: Callable[..., Any], events: EventLog
 ) -> None:

@@ -60,6 +60,16 @@ def _guarded(name: str, action: Callable[[], None]) -> None:
         log.exception("callback %s failed", name)
 
 
+def audio_only(prm: Any) -> Any:
+    """One audio stream per call, nothing else: pjsua 2.16+ also offers a T.140 text stream by
+    default, which would take two more RTP ports per call."""
+    prm.opt.audioCount = 1
+    prm.opt.videoCount = 0
+    if hasattr(prm.opt, "textCount"):
+        prm.opt.textCount = 0
+    return prm
+
+
 class SipCall(pj.Call):  # type: ignore[misc]
     """A pjsua2 call whose callbacks forward to the worker. Holds no reference to session state."""
 
@@ -256,9 +266,7 @@ class Worker:
         call = SipCall(self.account, leg_sid)
         leg = WorkerLeg(leg_sid, incoming=False, call=call)
         leg.ring_deadline = time.monotonic() + ring_s + self.config.ring_margin_s
-        prm = pj.CallOpParam(True)
-        prm.opt.audioCount = 1
-        prm.opt.videoCount = 0
+        prm = audio_only(pj.CallOpParam(True))
         if from_uri:
             prm.txOption.localUri = from_uri
         self.legs[leg_sid] = leg
@@ -291,7 +299,7 @@ class Worker:
         leg = self.media.leg(leg_sid)
         if not leg.incoming:
             raise RuntimeError(f"leg {leg_sid} is not an incoming call")
-        prm = pj.CallOpParam()
+        prm = audio_only(pj.CallOpParam(True))
         prm.statusCode = 200
         leg.ring_deadline = None
         leg.call.answer(prm)
