@@ -115,6 +115,15 @@ def missing_tools(which: Sequence[str] = BUILD_TOOLS) -> list[str]:
     return [tool for tool in which if shutil.which(tool) is None]
 
 
+def choose_engine(force_wheel: bool, missing: Sequence[str]) -> tuple[str, str]:
+    """`("source", why)` when everything to build is here, else `("wheel", why)`."""
+    if force_wheel:
+        return "wheel", "asked"
+    if missing:
+        return "wheel", f"missing {', '.join(missing)}"
+    return "source", f"{' '.join(BUILD_TOOLS)} found"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -295,9 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.wheel_venv:
         ensure_wheel_venv(cache)
-    absent = missing_tools()
-    if args.force_wheel or absent:
-        reason = "asked" if args.force_wheel else f"missing {', '.join(absent)}"
+    engine, reason = choose_engine(args.force_wheel, missing_tools())
+    if engine == "wheel":
         log(f"installing the PyPI wheel ({reason}): 4 calls per worker process")
         install_wheel(python)
         return 0
