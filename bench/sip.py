@@ -283,7 +283,8 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
     early = [s for s in run.sessions.values() if s.terminal_at and s.terminal_at < hold_started]
     bad_end = [s for s in run.sessions.values() if (s.terminal or {}).get("status") != "completed"]
     failures = len(run.refused) + (len(run.sessions) - len(answered)) + len(early) + len(bad_end)
-    off = [abs(mp3 - talk) for talk, mp3 in lengths]
+    signed = [mp3 - talk for talk, mp3 in lengths]
+    off = [abs(x) for x in signed]
     streamed = sum(1 for s in up if s.streamed)
     print(
         f"placed {args.sessions} click-to-calls in {ramp_s:.1f} s; all answered: {ok}; "
@@ -311,7 +312,8 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
         f"p50={pct(gets, 0.5):.1f} ms p99={pct(gets, 0.99):.1f} ms max={max(gets):.1f} ms"
     )
     print(
-        f"  recorded: {len(lengths)} MP3s, |length - talk time| max {max(off, default=0):.2f} s; "
+        f"  recorded: {len(lengths)} MP3s, length - talk time (whole s) from "
+        f"{min(signed, default=0):+.2f} to {max(signed, default=0):+.2f} s; "
         f"streamed: {streams} streams, {media_end} media chunks ({media} at hold end), "
         f"{stops} stops"
     )

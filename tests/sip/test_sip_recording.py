@@ -145,11 +145,19 @@ def dial(leg: str, call: str, contact: str) -> DialRequest:
 
 
 async def bridged_call(
-    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+    make_driver: Callable[..., Any],
+    sipp: Callable[..., Sipp],
+    events: EventLog,
+    customer_bye_after_ms: int | None = None,
 ) -> Any:
     driver = await make_driver(workers=1)
     agent = sipp("uas_answer_tone.xml", tone_hz=AGENT_HZ, pause_ms=50, timeout_s=30)
-    customer = sipp("uas_answer_tone.xml", tone_hz=CUSTOMER_HZ, pause_ms=50, timeout_s=30)
+    if customer_bye_after_ms is None:
+        customer = sipp("uas_answer_tone.xml", tone_hz=CUSTOMER_HZ, pause_ms=50, timeout_s=30)
+    else:
+        customer = sipp(
+            "uas_answer_tone_then_bye.xml", tone_hz=CUSTOMER_HZ, pause_ms=customer_bye_after_ms
+        )
     driver.reserve("C1")
     await driver.dial(dial("A", "C1", f"sip:agent@{agent.uri_host}"))
     await driver.dial(dial("B", "C1", f"sip:customer@{customer.uri_host}"))
@@ -200,3 +208,18 @@ async def test_a_worker_crash_keeps_the_recording_encoded_so_far(
     assert channels == 1 and abs(duration_s - result.duration_s) <= MP3_SLACK_S
     talk = mono[8000:16000]
     assert min(power_at(talk, AGENT_HZ), power_at(talk, CUSTOMER_HZ)) > 20 * power_at(talk, 400)
+
+
+@pytest.mark.sip
+async def test_recording_ends_when_a_party_hangs_up_not_when_it_is_collected(
+    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+) -> None:
+    driver = await bridged_call(make_driver, sipp, events, customer_bye_after_ms=2000)
+    started = time.monotonic()
+    recording = await driver.record("A", "B", RecordingChannels.DUAL, RecordingFormat.MP3)
+    await events.wait("B", LegEventKind.HANGUP)
+    talk_s = time.monotonic() - started
+    await asyncio.sleep(1.0)  # the engine is slow to collect it: the recording stopped anyway
+    result = await recording.finish()
+    assert abs(result.duration_s - talk_s) <= 0.25
+    await driver.hangup("A")

@@ -180,7 +180,8 @@ class RecordingEncoder:
 
 class SipRecording:
     """The API side of one worker recording (`RecordingHandle`): collects its MP3 pieces;
-    `finish()` stops the recorders and returns the whole MP3."""
+    `finish()` stops the recorders (unless the worker already did, when a party hung up or
+    was hung up) and returns the whole MP3."""
 
     def __init__(
         self,

@@ -281,6 +281,7 @@ class Worker:
         leg = self.legs.get(leg_sid)
         if leg is not None:
             leg.ended_by_us = True
+            self.media.end_recordings(leg)
             self._hangup(leg)
 
     def _hangup(self, leg: WorkerLeg) -> None:

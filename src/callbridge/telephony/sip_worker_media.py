@@ -183,8 +183,15 @@ class WorkerMedia:
             except pj.Error as exc:
                 log.warning("reconnect leg=%s failed: %s", leg.leg_sid, exc.info())
 
+    def end_recordings(self, leg: WorkerLeg) -> None:
+        """A party is gone or being hung up: the conversation is over, so are its recordings
+        (their length is the talk time, not the talk time plus the hang-up round trips)."""
+        for rec_id in list(leg.recs):
+            self.stop_record(rec_id)
+
     def leg_ended(self, leg: WorkerLeg) -> None:
-        """Release what only served this leg; recorders run on (silence) until stopped."""
+        """Release what served this leg: its recordings end, its players and taps go."""
+        self.end_recordings(leg)
         for play_id in list(leg.plays):
             self.stop_play(play_id)
         for tap_id in list(leg.taps):
