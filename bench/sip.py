@@ -50,6 +50,8 @@ allow_voip = true
 rate_limit_per_minute = 0
 exophones = ["{EXOPHONE}"]
 """
+ANSWER_WAIT_S = 20.0
+"""How long after the last click-to-call every session may take to be answered."""
 GOAL_SESSIONS, GOAL_RECORDED, GOAL_STREAMED, GOAL_GET_P99_MS = 400, 100, 20, 50.0
 
 
@@ -133,7 +135,7 @@ async def place(
     client: httpx.AsyncClient, run: Run, args: argparse.Namespace, agents: str, customers: str
 ) -> float:
     """POST the click-to-calls at `args.rate` per second; returns when all are placed."""
-    max_time = math.ceil(args.sessions / args.rate + 15 + args.hold)
+    max_time = math.ceil(args.sessions / args.rate + ANSWER_WAIT_S + args.hold + 10)
     started = time.monotonic()
 
     async def one(n: int) -> None:
@@ -247,7 +249,8 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                 idle_rss = sum(p.memory_info().rss for p in procs)
                 ramp_s = await place(client, run, args, agents.uri_host, customers.uri_host)
                 ok = await run.wait(
-                    lambda: all(s.answered_at or s.terminal for s in run.sessions.values()), 20
+                    lambda: all(s.answered_at or s.terminal for s in run.sessions.values()),
+                    ANSWER_WAIT_S,
                 )
                 stuck = [s.sid for s in run.sessions.values() if not s.answered_at]
                 answered = [s for s in run.sessions.values() if s.answered_at]
@@ -256,19 +259,31 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                 setup_rate = len(answered) / max(1e-3, last - first)
                 latencies = [1000 * (s.answered_at - s.posted_at) for s in answered]  # type: ignore[operator]
                 procs = processes(pid)
+                up_at_start = {s.sid for s in run.sessions.values() if s.answered_at}
                 before = [cpu_s([p]) for p in procs]
                 hold_started = time.monotonic()
                 gets = await probe(client, list(run.sessions), hold_started + args.hold)
-                held_s = time.monotonic() - hold_started
+                hold_end = time.monotonic()
+                held_s = hold_end - hold_started
                 after = [cpu_s([p]) for p in procs]
                 shares = [100 * (a - b) / held_s for a, b in zip(after, before, strict=True)]
                 cpu = sum(shares)
                 load = os.getloadavg()[0]
                 for sid in stuck[:5]:
-                    r = await client.get(f"/v3/accounts/bench/calls/{sid}/legs")
-                    print(f"  never answered {sid}: {r.text[:400]}")
+                    legs = (await client.get(f"/v3/accounts/bench/calls/{sid}/legs")).json()
+                    call = (await client.get(f"/v3/accounts/bench/calls/{sid}")).json()
+                    details = legs["response"]["leg_details"]
+                    statuses = [(x["contact_uri"], x["status"]) for x in details["from"]]
+                    statuses += [(x["contact_uri"], x["status"]) for x in details["to"]]
+                    state = call["response"]["call_details"]
+                    print(f"  not answered: {sid} {state['state']}/{state['status']} {statuses}")
                 rss = sum(p.memory_info().rss for p in procs if p.is_running())
-                up = [s for s in run.sessions.values() if s.answered_at and not s.terminal]
+                # Held: up when the hold began and still up when it ended.
+                up = [
+                    s
+                    for s in run.sessions.values()
+                    if s.sid in up_at_start and not (s.terminal_at and s.terminal_at < hold_end)
+                ]
                 streams, media, _ = bot_stats(bot)
                 done = await run.wait(lambda: all(s.terminal for s in run.sessions.values()), bound)
                 lengths = await recording_lengths(client, run)
@@ -280,7 +295,7 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
         customers.stop()
 
     n = max(1, len(up))
-    early = [s for s in run.sessions.values() if s.terminal_at and s.terminal_at < hold_started]
+    early = [s for s in run.sessions.values() if s.terminal_at and s.terminal_at < hold_end]
     bad_end = [s for s in run.sessions.values() if (s.terminal or {}).get("status") != "completed"]
     failures = len(run.refused) + (len(run.sessions) - len(answered)) + len(early) + len(bad_end)
     signed = [mp3 - talk for talk, mp3 in lengths]
