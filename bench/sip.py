@@ -172,6 +172,14 @@ async def place(
     return time.monotonic() - started
 
 
+async def leg_statuses(client: httpx.AsyncClient, sid: str) -> tuple[bool, str]:
+    """Whether both legs of a call are in progress, and the leg statuses as text."""
+    details = (await client.get(f"/v3/accounts/bench/calls/{sid}/legs")).json()["response"]
+    legs = details["leg_details"]
+    statuses = [leg["status"] for leg in legs["from"] + legs["to"]]
+    return statuses == ["in-progress", "in-progress"], f"legs {statuses}"
+
+
 async def probe(client: httpx.AsyncClient, sids: list[str], until: float) -> list[float]:
     """GET /calls/{sid} one after another (about 50/s) until `until`: latencies in ms."""
     latencies: list[float] = []
@@ -252,14 +260,23 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                     lambda: all(s.answered_at or s.terminal for s in run.sessions.values()),
                     ANSWER_WAIT_S,
                 )
-                stuck = [s.sid for s in run.sessions.values() if not s.answered_at]
+                # A session whose answered callback is late still counts if its legs say so.
+                late: list[str] = []
+                for session in run.sessions.values():
+                    if session.answered_at or session.terminal:
+                        continue
+                    bridged, legs = await leg_statuses(client, session.sid)
+                    if bridged:
+                        late.append(session.sid)
+                    else:
+                        print(f"  not answered: {session.sid} {legs}")
                 answered = [s for s in run.sessions.values() if s.answered_at]
                 first = min(s.posted_at for s in run.sessions.values())
                 last = max((s.answered_at or 0.0) for s in run.sessions.values())
                 setup_rate = len(answered) / max(1e-3, last - first)
                 latencies = [1000 * (s.answered_at - s.posted_at) for s in answered]  # type: ignore[operator]
                 procs = processes(pid)
-                up_at_start = {s.sid for s in run.sessions.values() if s.answered_at}
+                up_at_start = {s.sid for s in answered if not s.terminal} | set(late)
                 before = [cpu_s([p]) for p in procs]
                 hold_started = time.monotonic()
                 gets = await probe(client, list(run.sessions), hold_started + args.hold)
@@ -269,14 +286,6 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                 shares = [100 * (a - b) / held_s for a, b in zip(after, before, strict=True)]
                 cpu = sum(shares)
                 load = os.getloadavg()[0]
-                for sid in stuck[:5]:
-                    legs = (await client.get(f"/v3/accounts/bench/calls/{sid}/legs")).json()
-                    call = (await client.get(f"/v3/accounts/bench/calls/{sid}")).json()
-                    details = legs["response"]["leg_details"]
-                    statuses = [(x["contact_uri"], x["status"]) for x in details["from"]]
-                    statuses += [(x["contact_uri"], x["status"]) for x in details["to"]]
-                    state = call["response"]["call_details"]
-                    print(f"  not answered: {sid} {state['state']}/{state['status']} {statuses}")
                 rss = sum(p.memory_info().rss for p in procs if p.is_running())
                 # Held: up when the hold began and still up when it ended.
                 up = [
@@ -297,13 +306,16 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
     n = max(1, len(up))
     early = [s for s in run.sessions.values() if s.terminal_at and s.terminal_at < hold_end]
     bad_end = [s for s in run.sessions.values() if (s.terminal or {}).get("status") != "completed"]
-    failures = len(run.refused) + (len(run.sessions) - len(answered)) + len(early) + len(bad_end)
+    unbridged = len(run.sessions) - len(up_at_start)
+    failures = len(run.refused) + unbridged + len(early) + len(bad_end)
     signed = [mp3 - talk for talk, mp3 in lengths]
     off = [abs(x) for x in signed]
     streamed = sum(1 for s in up if s.streamed)
     print(
         f"placed {args.sessions} click-to-calls in {ramp_s:.1f} s; all answered: {ok}; "
-        f"refused {len(run.refused)}; ended early {len(early)}; not completed {len(bad_end)}"
+        f"answered callback late (> {ANSWER_WAIT_S:g} s) {len(late)}; refused "
+        f"{len(run.refused)}; not bridged {unbridged}; ended early {len(early)}; not completed "
+        f"{len(bad_end)}"
         f"{'' if done else ' (some never ended)'}"
     )
     print(f"bridged sessions held: {len(up)} over {held_s:.0f} s ({len(answered)} answered)")
