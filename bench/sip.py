@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _bot import bot_stats, start_bot, stop_bot  # noqa: E402
+from _control import start_control, stop_control  # noqa: E402
 from _server import callbridge_server  # noqa: E402
 from _sip_baseline import pct, run_baseline  # noqa: E402
 from tests.sip.sipp import free_port, port_free, start_sipp  # noqa: E402
@@ -71,8 +72,12 @@ class Run:
     sessions: dict[str, Session] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deliveries: int = 0
+    event_sids: set[str] = field(default_factory=set)
 
     def on_callback(self, request: Received) -> Reply:
+        self.deliveries += 1
+        self.event_sids.add(request.event_sid)
         body = json.loads(request.body)
         details = body["call_details"]
         session = self.sessions.get(details["sid"])
@@ -180,16 +185,23 @@ async def leg_statuses(client: httpx.AsyncClient, sid: str) -> tuple[bool, str]:
     return statuses == ["in-progress", "in-progress"], f"legs {statuses}"
 
 
-async def probe(client: httpx.AsyncClient, sids: list[str], until: float) -> list[float]:
-    """GET /calls/{sid} one after another (about 50/s) until `until`: latencies in ms."""
-    latencies: list[float] = []
+async def probe(
+    client: httpx.AsyncClient, control: httpx.AsyncClient, sids: list[str], until: float
+) -> tuple[list[float], list[float]]:
+    """GET /calls/{sid} one after another (about 40/s) until `until`, each followed by a GET
+    to the control server: both latencies in ms."""
+    ours: list[float] = []
+    theirs: list[float] = []
     while time.monotonic() < until:
         started = time.perf_counter()
         r = await client.get(f"/v3/accounts/bench/calls/{random.choice(sids)}")
-        latencies.append((time.perf_counter() - started) * 1000)
+        ours.append((time.perf_counter() - started) * 1000)
         assert r.status_code == 200, r.text
+        started = time.perf_counter()
+        await control.get("/")
+        theirs.append((time.perf_counter() - started) * 1000)
         await asyncio.sleep(0.02)
-    return latencies
+    return ours, theirs
 
 
 async def recording_lengths(client: httpx.AsyncClient, run: Run) -> list[tuple[float, float]]:
@@ -229,6 +241,7 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
         timeout_s=bound, rtp_echo=True,
     )  # fmt: skip
     bot, bot_port = start_bot()
+    control_server, control_port = start_control()
     hooks = Receiver()
     run = Run()
     hooks.handler = run.on_callback
@@ -250,9 +263,12 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
     try:
         with callbridge_server(CONFIG, env=env) as (host, port, pid):
             limits = httpx.Limits(max_connections=64)
-            async with httpx.AsyncClient(
-                base_url=f"http://{host}:{port}", auth=auth, timeout=30, limits=limits
-            ) as client:
+            async with (
+                httpx.AsyncClient(
+                    base_url=f"http://{host}:{port}", auth=auth, timeout=30, limits=limits
+                ) as client,
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{control_port}") as control,
+            ):
                 procs = processes(pid)
                 idle_rss = sum(p.memory_info().rss for p in procs)
                 ramp_s = await place(client, run, args, agents.uri_host, customers.uri_host)
@@ -279,7 +295,9 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                 up_at_start = {s.sid for s in answered if not s.terminal} | set(late)
                 before = [cpu_s([p]) for p in procs]
                 hold_started = time.monotonic()
-                gets = await probe(client, list(run.sessions), hold_started + args.hold)
+                gets, control_gets = await probe(
+                    client, control, list(run.sessions), hold_started + args.hold
+                )
                 hold_end = time.monotonic()
                 held_s = hold_end - hold_started
                 after = [cpu_s([p]) for p in procs]
@@ -300,6 +318,7 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         await hooks.stop()
         stop_bot(bot)
+        stop_control(control_server)
         agents.stop()
         customers.stop()
 
@@ -330,13 +349,17 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
         f"{(rss - idle_rss) / 2**20 / n:.2f} MiB per session"
     )
     print(
+        f"  callbacks: {run.deliveries} deliveries of {len(run.event_sids)} events "
+        f"({run.deliveries - len(run.event_sids)} retries)\n"
         f"  click-to-call → answered callback p50={pct(latencies, 0.5):.0f} ms "
         f"p99={pct(latencies, 0.99):.0f} ms; setup rate {setup_rate:.1f} sessions/s "
         f"(asked {args.rate:g}/s); failures {failures}"
     )
     print(
         f"  GET /calls/{{sid}} during the hold: {len(gets)} requests, "
-        f"p50={pct(gets, 0.5):.1f} ms p99={pct(gets, 0.99):.1f} ms max={max(gets):.1f} ms"
+        f"p50={pct(gets, 0.5):.1f} ms p99={pct(gets, 0.99):.1f} ms max={max(gets):.1f} ms; "
+        f"a bare control server at the same moments p50={pct(control_gets, 0.5):.1f} ms "
+        f"p99={pct(control_gets, 0.99):.1f} ms (the host's own scheduling delay)"
     )
     print(
         f"  recorded: {len(lengths)} MP3s, length - talk time (whole s) from "
