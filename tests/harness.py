@@ -132,6 +132,7 @@ async def running_app(
     *,
     config: str = DEFAULT_CONFIG,
     settings: Settings | None = None,
+    driver: SimulatedCarrier | None = None,
 ) -> AsyncIterator[Harness]:
     with tempfile.TemporaryDirectory(prefix="callbridge-test-") as data_dir:
         if settings is None:
@@ -140,7 +141,8 @@ async def running_app(
                 allow_private_urls=True, log_level="WARNING", data_dir=Path(data_dir)
             )
         await apply_config(store, parse_config(config), clock)
-        driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
+        if driver is None:
+            driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
         app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
