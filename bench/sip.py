@@ -270,7 +270,12 @@ async def main_run(args: argparse.Namespace, workdir: Path) -> None:
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{control_port}") as control,
             ):
                 procs = processes(pid)
-                idle_rss = sum(p.memory_info().rss for p in procs)
+                idle = [p.memory_info().rss / 2**20 for p in procs]
+                idle_rss = sum(idle) * 2**20
+                print(
+                    f"idle: API process {idle[0]:.0f} MiB, workers "
+                    f"{'/'.join(f'{x:.0f}' for x in idle[1:])} MiB"
+                )
                 ramp_s = await place(client, run, args, agents.uri_host, customers.uri_host)
                 ok = await run.wait(
                     lambda: all(s.answered_at or s.terminal for s in run.sessions.values()),
