@@ -9,8 +9,9 @@ a second run with the same inputs only re-links the venv to it (well under a sec
 venv sees the module through a `.pth` file pointing at `<key>/python/`, next to which
 `callbridge_pjsua2_build.json` tells the SIP worker which engine it runs.
 
-`--wheel-venv` also creates `<cache>/wheel-venv/`: a small venv with the PyPI wheel (4 calls
-per process), in which the test suite runs SIP workers to prove the wheel still works.
+`--wheel-venv` also creates `<venv>/pjsua2-wheel/`: a small venv with the PyPI wheel (4 calls
+per process) and this tree's `src/`, in which the test suite runs SIP workers to prove the
+wheel still works. It belongs to one checkout, so it lives in its venv, never in a shared cache.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ INFO_NAME = "callbridge_pjsua2_build.json"
 PTH_NAME = "callbridge_pjsua2.pth"
 WHEEL_EXTRA = "sip-wheel"
 WHEEL_DIST = "pjsua2-python"
+WHEEL_VENV = "pjsua2-wheel"
 WORKER_DEPS = ("lameenc", "phonenumbers")
 """What a SIP worker imports besides pjsua2 and the standard library."""
 
@@ -257,15 +259,15 @@ def install_wheel(python: Path) -> None:
     pip(python, "install", *requirements(WHEEL_EXTRA))
 
 
-def ensure_wheel_venv(cache: Path) -> Path:
+def ensure_wheel_venv(main_venv: Path) -> Path:
     """A venv whose python runs SIP workers on the PyPI wheel (callbridge from this tree)."""
-    venv = cache / "wheel-venv"
+    venv = main_venv / WHEEL_VENV
     wanted = [*requirements(WHEEL_EXTRA), *(r for d in WORKER_DEPS for r in requirements(d))]
     stamp = venv / ".callbridge-stamp"
     signature = json.dumps({"requirements": wanted, "src": str(ROOT / "src")})
     if stamp.exists() and stamp.read_text() == signature:
         return venv
-    with locked(cache / ".wheel-venv.lock"):
+    with locked(main_venv / f".{WHEEL_VENV}.lock"):
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip(venv_python(venv), "install", *wanted)
@@ -303,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(key)
         return 0
     if args.wheel_venv:
-        ensure_wheel_venv(cache)
+        ensure_wheel_venv(venv)
     engine, reason = choose_engine(args.force_wheel, missing_tools())
     if engine == "wheel":
         log(f"installing the PyPI wheel ({reason}): 4 calls per worker process")

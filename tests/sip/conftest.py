@@ -134,8 +134,7 @@ def sip_settings(workers: int = 2, **overrides: Any) -> Settings:
 def wheel_python() -> str | None:
     """The interpreter of the venv `scripts/build_pjsua2.py --wheel-venv` made: SIP workers
     run there on the PyPI wheel (4 calls per process) instead of our source build."""
-    cache = os.environ.get("CALLBRIDGE_PJSUA2_CACHE") or str(Path(sys.prefix) / "pjsua2-build")
-    python = Path(cache) / "wheel-venv" / "bin" / "python"
+    python = Path(sys.prefix) / "pjsua2-wheel" / "bin" / "python"
     return str(python) if python.exists() else None
 
 
