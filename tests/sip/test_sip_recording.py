@@ -181,7 +181,7 @@ async def test_dual_recording_is_encoded_in_the_worker_while_the_call_runs(
     assert result.channels == 2 and result.format is RecordingFormat.MP3
     channels, _, duration_s, (left, right) = decode_mp3(result.mp3_bytes)
     assert channels == 2
-    assert abs(result.duration_s - elapsed) <= 0.3
+    assert abs(result.duration_s - elapsed) <= 0.5
     assert 0 <= duration_s - result.duration_s <= MP3_SLACK_S
     window = slice(int(0.5 * 8000) * 2, int(1.5 * 8000) * 2)
     assert near(dominant_frequency(left[window]), AGENT_HZ)
@@ -221,5 +221,5 @@ async def test_recording_ends_when_a_party_hangs_up_not_when_it_is_collected(
     talk_s = time.monotonic() - started
     await asyncio.sleep(1.0)  # the engine is slow to collect it: the recording stopped anyway
     result = await recording.finish()
-    assert abs(result.duration_s - talk_s) <= 0.25
+    assert abs(result.duration_s - talk_s) <= 0.5  # not talk_s + 1 s
     await driver.hangup("A")
