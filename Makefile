@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test check lint typecheck unit bench clean
+.PHONY: run test check lint typecheck unit bench clean pjsua2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,16 +27,22 @@ run: $(STAMP)
 	@echo "                  http://$(HOST):$(PORT)/v3/accounts/demo/calls"
 	$(VENV)/bin/callbridge serve --config examples/demo.toml --host $(HOST) --port $(PORT) --driver sim
 
+# The SIP engine: pjsua2 built from vendor/ with server limits, cached under
+# $(VENV)/pjsua2-build/<key> (a no-op when the source and flags are unchanged), or the PyPI
+# wheel when there is no compiler. The tests also get a small venv with the wheel.
+pjsua2: $(STAMP)
+	$(PY) scripts/build_pjsua2.py --venv $(VENV) --wheel-venv
+
 check: lint typecheck
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy src/callbridge
 
-test: $(STAMP) check
+test: $(STAMP) pjsua2 check
 	$(VENV)/bin/pytest -q -rfER -p no:cacheprovider
 
 bench: $(STAMP)

@@ -16,12 +16,12 @@ import base64
 import logging
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from _bot import bot_stats, start_bot, stop_bot
 from sqlalchemy import select
 
 from callbridge.api.app import create_app
@@ -35,29 +35,6 @@ from callbridge.settings import Settings
 from callbridge.store.tables import recordings as recordings_table
 from callbridge.telephony.base import Handle
 from callbridge.telephony.sim_media import SimMediaPlane
-
-BOT = r"""
-import asyncio, sys
-from websockets.asyncio.server import serve
-stats = {"connections": 0, "media": 0, "stop": 0}
-async def handler(ws):
-    stats["connections"] += 1
-    async for raw in ws:
-        if '"event":"media"' in raw:
-            stats["media"] += 1
-        elif '"event":"stop"' in raw:
-            stats["stop"] += 1
-async def report():
-    loop = asyncio.get_running_loop()
-    while True:
-        await loop.run_in_executor(None, sys.stdin.readline)
-        print(stats["connections"], stats["media"], stats["stop"], flush=True)
-async def main():
-    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=2**20) as server:
-        print(next(iter(server.sockets)).getsockname()[1], flush=True)
-        await report()
-asyncio.run(main())
-"""
 
 
 def encode_speed() -> None:
@@ -160,18 +137,9 @@ exophones = ["+912241499102"]
 """
 
 
-def _bot_stats(bot: subprocess.Popen[str]) -> tuple[int, int, int]:
-    """(streams, media chunks, stops) the bot has seen so far."""
-    assert bot.stdin is not None and bot.stdout is not None
-    bot.stdin.write("\n")
-    bot.stdin.flush()
-    connections, media, stops = (int(x) for x in bot.stdout.readline().split())
-    return connections, media, stops
-
-
 async def engine_calls(n_calls: int, seconds: float, port: int, bot: subprocess.Popen[str]) -> None:
     """N calls through the API and the engine on the sim driver: recorded dual and streamed."""
-    before = _bot_stats(bot)
+    before = bot_stats(bot)
     with tempfile.TemporaryDirectory(prefix="callbridge-bench-media-") as tmp:
         config = Path(tmp) / "config.toml"
         config.write_text(CONFIG)
@@ -247,7 +215,7 @@ async def engine_calls(n_calls: int, seconds: float, port: int, bot: subprocess.
             plane = sim._media
             ticks_skipped = plane.ticks_skipped if plane is not None else -1
     await asyncio.sleep(0.5)
-    connections, media, stops = (a - b for a, b in zip(_bot_stats(bot), before, strict=True))
+    connections, media, stops = (a - b for a, b in zip(bot_stats(bot), before, strict=True))
     share = cpu / wall
     late = sorted(lateness) or [0.0]
     print(
@@ -283,19 +251,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     encode_speed()
-    bot = subprocess.Popen(
-        [sys.executable, "-c", BOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    bot, port = start_bot()
     try:
-        assert bot.stdout is not None
-        port = int(bot.stdout.readline())
         if args.mode in ("plane", "both"):
             asyncio.run(concurrent_calls(args.calls, args.seconds, port))
         if args.mode in ("engine", "both"):
             asyncio.run(engine_calls(args.calls, args.seconds, port, bot))
     finally:
-        bot.terminate()
-        bot.wait(5)
+        stop_bot(bot)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ async def running_app(
     *,
     config: str = DEFAULT_CONFIG,
     settings: Settings | None = None,
+    driver: SimulatedCarrier | None = None,
 ) -> AsyncIterator[Harness]:
     with tempfile.TemporaryDirectory(prefix="callbridge-test-") as data_dir:
         if settings is None:
@@ -154,7 +155,8 @@ async def running_app(
         await apply_config(
             store, parse_config(config), clock, sip_realm=settings.sip_registrar_realm
         )
-        driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
+        if driver is None:
+            driver = SimulatedCarrier(clock, media=SimMediaPlane(clock))
         app = create_app(settings, driver=driver, store=store, clock=clock, run_background=False)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

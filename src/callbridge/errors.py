@@ -148,6 +148,15 @@ class NodeNotLeased(ServiceUnavailable):
     def __init__(self, message: str = "this node is re-joining the cluster; try again") -> None:
         super().__init__(message)
 
+    retry_after_s = 1
+
+
+class SipCapacityExhausted(ServiceUnavailable):
+    """Every media worker is full: the click-to-call is refused before anything is dialled."""
+
+    description = "SIP capacity exhausted"
+    retry_after_s = 1
+
 
 class InternalError(CallbridgeError):
     http_status, code, description = 500, 1100, "Internal Server Error"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST = re.compile(r"[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))(:[0-9]{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -64,12 +68,19 @@ class Settings(BaseSettings):
     recordings_s3_access_key: str | None = None
     recordings_s3_secret_key: SecretStr | None = None
 
-    # SIP driver.
+    # SIP driver. The defaults fit one host: 4 media workers (a crash loses a quarter of the
+    # calls), each with 1,024 RTP ports = 512 calls (2 ports per call: RTP and RTCP).
     sip_bind_host: str = "127.0.0.1"
     sip_port: int = Field(default=5070, ge=1, le=65535)
     sip_rtp_port_min: int = Field(default=20000, ge=1024, le=65535)
-    sip_rtp_port_max: int = Field(default=20999, ge=1024, le=65535)
-    sip_workers: int = Field(default=2, ge=1, le=256)
+    sip_rtp_port_max: int = Field(default=24095, ge=1024, le=65535)
+    sip_workers: int = Field(default=4, ge=1, le=256)
+    sip_worker_max_calls: int | None = Field(default=None, ge=2, le=65536)
+    """Cap on calls per worker; default: what the pjsua2 engine allows and the RTP range fits."""
+    sip_public_address: str | None = None
+    """Address put in SIP Contact/Via and SDP instead of the bind address (static 1:1 NAT)."""
+    sip_stun_servers: str | None = None
+    """Comma-separated `host[:port]` STUN servers to learn the public address and ports."""
     sip_trunk_host: str | None = None
     sip_trunk_port: int = Field(default=5060, ge=1, le=65535)
     sip_trunk_transport: Literal["udp", "tcp"] = "udp"
@@ -98,6 +109,28 @@ class Settings(BaseSettings):
         if self.lease_ttl_s < 2 * self.heartbeat_interval_s:
             raise ValueError("lease_ttl_s must be at least twice heartbeat_interval_s")
         return self
+
+    @field_validator("sip_public_address")
+    @classmethod
+    def _check_public_address(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST.fullmatch(value):
+            raise ValueError(f"{value[:100]!r} is not an IP address or host name")
+        return value
+
+    @field_validator("sip_stun_servers")
+    @classmethod
+    def _check_stun_servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in (part.strip() for part in value.split(",")):
+            if not _HOST_PORT.fullmatch(server):
+                raise ValueError(f"STUN server {server[:100]!r} is not host or host:port")
+        return value
+
+    def stun_servers(self) -> tuple[str, ...]:
+        if not self.sip_stun_servers:
+            return ()
+        return tuple(part.strip() for part in self.sip_stun_servers.split(","))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

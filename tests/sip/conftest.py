@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,43 @@ def sip_settings(workers: int = 2, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def wheel_python() -> str | None:
+    """The interpreter of the venv `scripts/build_pjsua2.py --wheel-venv` made: SIP workers
+    run there on the PyPI wheel (4 calls per process) instead of our source build."""
+    python = Path(sys.prefix) / "pjsua2-wheel" / "bin" / "python"
+    return str(python) if python.exists() else None
+
+
+@pytest.fixture(params=["source", "wheel"])
+def engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Runs a test on both engines: the venv's (our source build, capped at the wheel's 4 calls
+    per worker by `sip_worker_max_calls`) and the PyPI wheel itself in its own venv. Returns
+    the keyword arguments for `make_driver` / `sip_app`."""
+    if request.param == "source":
+        return {"sip_worker_max_calls": 4}
+    return {"worker_python": wheel_python_or_skip()}
+
+
+def wheel_python_or_skip() -> str:
+    python = wheel_python()
+    if python is None:
+        message = "no wheel venv: run `make pjsua2` (scripts/build_pjsua2.py --wheel-venv)"
+        if os.environ.get("CALLBRIDGE_REQUIRE_SIP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
 @pytest.fixture
 async def make_driver(events: EventLog) -> AsyncIterator[Callable[..., Any]]:
     from callbridge.telephony.sip import SipDriver
 
     drivers: list[SipDriver] = []
 
-    async def factory(workers: int = 2, **overrides: Any) -> SipDriver:
-        driver = SipDriver(sip_settings(workers, **overrides))
+    async def factory(
+        workers: int = 2, worker_python: str | None = None, **overrides: Any
+    ) -> SipDriver:
+        driver = SipDriver(sip_settings(workers, **overrides), worker_python=worker_python)
         await driver.start(events)
         drivers.append(driver)
         return driver

@@ -31,12 +31,12 @@ def free_port(count: int = 1, *, step: int = 1) -> int:
             base: int = probe.getsockname()[1]
         if base + count * step + 2 > 65000 or base < 20000:
             continue
-        if all(_port_free(base + i * step + j) for i in range(count) for j in (0, 1)):
+        if all(port_free(base + i * step + j) for i in range(count) for j in (0, 1)):
             return base
     raise RuntimeError("no free port range found")
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         with socket.socket(socket.AF_INET, kind) as sock:
             try:
@@ -204,7 +204,7 @@ def _wait_listening(sipp: Sipp, timeout_s: float = 5.0) -> None:
     while time.monotonic() < deadline:
         if sipp.process.poll() is not None:
             raise RuntimeError(f"sipp exited early: {sipp.output()[-2000:]}")
-        if not _port_free(sipp.port):  # bound on UDP, or on TCP with `-t t1`
+        if not port_free(sipp.port):  # bound on UDP, or on TCP with `-t t1`
             return
         time.sleep(0.02)
     raise RuntimeError("sipp did not bind its port")

@@ -156,13 +156,16 @@ def channel_tones(
 
 
 @asynccontextmanager
-async def sip_app(store: Store, settings: Settings) -> AsyncIterator[SipApp]:
+async def sip_app(
+    store: Store, settings: Settings, *, worker_python: str | None = None
+) -> AsyncIterator[SipApp]:
     """The real app with `SipDriver(settings)` and the system clock (SIP runs in real time)."""
     from callbridge.telephony.sip import SipDriver
 
     clock = SystemClock()
     await apply_config(store, parse_config(CONFIG), clock)
-    app = create_app(settings, driver=SipDriver(settings), store=store, clock=clock)
+    driver = SipDriver(settings, worker_python=worker_python)
+    app = create_app(settings, driver=driver, store=store, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://callbridge") as client:

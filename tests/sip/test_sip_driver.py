@@ -1,6 +1,6 @@
 """The SIP driver against SIPp on 127.0.0.1: every SIP outcome as leg events, CANCEL, far-end
-BYE, bridging with distinct tones checked through taps, playback, DTMF, inbound calls, worker
-dispatch and capacity, and replacement of a dead worker."""
+BYE, bridging with distinct tones checked through taps, playback, DTMF, inbound calls, and
+replacement of a dead worker (capacity: test_sip_capacity.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from callbridge.telephony.base import CapacityExhausted, DialRequest, LegEventKind
+from callbridge.telephony.base import DialRequest, LegEventKind
 from tests.sip.conftest import EventLog, Frames, until
 from tests.sip.sipp import Sipp, dominant_hz, rms
 
@@ -113,6 +113,24 @@ async def test_phone_number_goes_to_the_trunk_with_the_exophone_as_caller_id(
     assert f"INVITE sip:919900000001@127.0.0.1:{far.port} SIP/2.0" in messages
     from_header = next(line for line in messages.splitlines() if line.startswith("From:"))
     assert f"sip:{EXOPHONE}@127.0.0.1" in from_header
+
+
+async def test_offer_is_one_g711_audio_stream_so_a_call_takes_two_rtp_ports(
+    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
+) -> None:
+    far = sipp("uas_answer_echo.xml", pause_ms=0, rtp_echo=True, extra=["-trace_msg"])
+    driver = await make_driver(workers=1)
+    await driver.dial(dial("L1", "C1", f"sip:agent@{far.uri_host}"))
+    await events.wait("L1", LegEventKind.ANSWERED)
+    await driver.hangup("L1")
+    assert await wait_sipp(far) == 0
+    messages = "".join(p.read_text() for p in far.workdir.glob("*_messages.log"))
+    invite = messages[messages.index("INVITE sip:") :]
+    sdp = invite[invite.index("v=0") : invite.index("\n\n---")]
+    media = [line for line in sdp.splitlines() if line.startswith("m=")]
+    assert len(media) == 1 and media[0].startswith("m=audio ")
+    rtpmaps = sorted(line.split()[1] for line in sdp.splitlines() if line.startswith("a=rtpmap"))
+    assert rtpmaps == ["PCMA/8000", "PCMU/8000", "telephone-event/8000"]
 
 
 async def test_unroutable_contact_reports_failed_after_dial_returns(
@@ -244,29 +262,6 @@ async def test_inbound_call_hung_up_by_engine_before_answer_is_rejected_480(
     assert await wait_sipp(caller) == 0
     await asyncio.sleep(0.2)
     assert events.events == []
-
-
-async def test_legs_of_one_call_share_a_worker_and_capacity_is_reserved_per_call(
-    make_driver: Callable[..., Any], sipp: Callable[..., Sipp], events: EventLog
-) -> None:
-    driver = await make_driver(workers=1)
-    capacity = driver.capacity()
-    assert capacity is not None and capacity >= 2
-    if capacity > 16:
-        pytest.skip("pjsua build with server limits; the wheel allows 4 calls per worker")
-    far = sipp("uas_ring_until_cancel.xml", calls=capacity)
-    for n in range(capacity // 2):
-        await driver.dial(dial(f"L{n}", f"C{n}", f"sip:agent@{far.uri_host}"))
-    assert driver.capacity() == 0
-    with pytest.raises(CapacityExhausted):
-        await driver.dial(dial("X", "C-new", f"sip:agent@{far.uri_host}"))
-    # The second leg of an existing call still fits: its slot was reserved.
-    await driver.dial(dial("L0b", "C0", f"sip:agent@{far.uri_host}"))
-    for n in range(capacity // 2):
-        await events.wait(f"L{n}", LegEventKind.RINGING)
-    for leg in [*(f"L{n}" for n in range(capacity // 2)), "L0b"]:
-        await driver.hangup(leg)
-    await until(lambda: driver.capacity() == capacity)
 
 
 async def test_dead_worker_is_replaced_and_its_legs_end(

@@ -15,11 +15,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from callbridge.domain.calls import CallState, CallStatus
 from callbridge.media.audio import dominant_frequency
 from callbridge.store import calls as call_store
 from callbridge.store.repo import Store
+from callbridge.store.tables import calls
 from tests.media.support import decode_mp3, http_server, power_at
 from tests.sip.conftest import Frames, sip_settings, until
 from tests.sip.sipp import Sipp
@@ -54,9 +56,11 @@ def audio_server() -> Iterator[str]:
 
 @pytest.fixture
 def make_app(store: Store) -> AppFactory:
-    def factory(**overrides: Any) -> AbstractAsyncContextManager[SipApp]:
-        settings = sip_settings(workers=1, allow_private_urls=True, **overrides)
-        return sip_app(store, settings)
+    def factory(
+        workers: int = 1, worker_python: str | None = None, **overrides: Any
+    ) -> AbstractAsyncContextManager[SipApp]:
+        settings = sip_settings(workers=workers, allow_private_urls=True, **overrides)
+        return sip_app(store, settings, worker_python=worker_python)
 
     return factory
 
@@ -414,30 +418,54 @@ async def test_inbound_caller_hanging_up_while_the_agent_rings_cancels_the_agent
 # --- capacity and failures -------------------------------------------------------------------
 
 
-async def test_a_call_beyond_the_worker_pool_capacity_ends_from_leg_no_dial(
-    app: SipApp, sipp: Callable[..., Sipp]
+async def test_a_click_to_call_beyond_the_pool_capacity_is_refused_503_leaving_nothing_behind(
+    make_app: AppFactory, store: Store, sipp: Callable[..., Sipp], engine: dict[str, Any]
 ) -> None:
-    """The wheel's 4 calls per worker are 2 click-to-calls: a third concurrent one cannot be
-    placed, ends at once and frees its agent; the two in progress are unaffected."""
-    if (app.driver.capacity() or 0) > 4:
-        pytest.skip("pjsua build with server limits")
-    agents = sipp("uas_answer_tone.xml", tone_hz=AGENT_HZ, pause_ms=100, calls=2)
-    customers = sipp("uas_ring_until_cancel.xml", calls=2)
-    first = [
-        await app.create_call(uri(agents, f"agent{n}"), uri(customers, "c"), attempt_time_out=2)
-        for n in range(2)
-    ]
-    for sid in first:
-        await app.wait_leg(sid, "to", "ringing")
-    extra = await app.create_call("sip:agent3@127.0.0.1:9", uri(customers, "c"))
-    details = await app.wait_terminal(extra, timeout_s=3)
-    assert details["status"] == "from_leg_no_dial"
-    assert await app.leg_statuses(extra) == (["failed"], [])
-    # Both ring out at about the same time: wait for both before checking that no mark is left.
-    statuses = [(await app.wait_terminal(sid))["status"] for sid in first]
-    assert statuses == ["to_leg_unanswered", "to_leg_unanswered"]
-    assert await app.busy_uris() == []
+    """One worker of 4 calls (the wheel, or our build capped to it) holds 2 click-to-calls: a
+    third is answered 503 at once, with no call row and no busy mark; when a call ends, the
+    next one is admitted."""
+    agents = sipp("uas_answer_tone.xml", tone_hz=AGENT_HZ, pause_ms=100, calls=3)
+    customers = sipp("uas_ring_until_cancel.xml", calls=3)
+    async with make_app(**engine) as app:
+        first = [
+            await app.create_call(uri(agents, f"agent{n}"), uri(customers, "c"), attempt_time_out=2)
+            for n in range(2)
+        ]
+        for sid in first:
+            await app.wait_leg(sid, "to", "ringing")
+        rows = await count_calls(store)
+        refused = await app.client.post(
+            f"/v3/accounts/{ACCOUNT}/calls",
+            headers=AUTH,
+            json={
+                "from": {"contact_uri": uri(agents, "agent2"), "state_management": True},
+                "to": {"contact_uri": uri(customers, "c")},
+                "virtual_number": EXOPHONE,
+            },
+        )
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        body = refused.json()
+        assert (body["http_code"], body["response"]["status"]) == (503, "failure")
+        error = body["response"]["error_data"]
+        assert (error["code"], error["description"]) == (503, "SIP capacity exhausted")
+        assert error["message"] == (
+            "SIP capacity exhausted: 1 of 1 media workers running, all full (4 calls); retry later"
+        )
+        assert "call_details" not in body["response"]
+        assert await count_calls(store) == rows
+        assert sorted(await app.busy_uris()) == sorted(uri(agents, f"agent{n}") for n in (0, 1))
+        statuses = [(await app.wait_terminal(sid))["status"] for sid in first]
+        assert statuses == ["to_leg_unanswered", "to_leg_unanswered"]
+        assert await app.busy_uris() == []
+        sid = await app.create_call(uri(agents, "agent2"), uri(customers, "c"), attempt_time_out=1)
+        assert (await app.wait_terminal(sid))["status"] == "to_leg_unanswered"
     assert await wait_sipp(agents, customers) == [0, 0]
+
+
+async def count_calls(store: Store) -> int:
+    async with store.read() as conn:
+        return int((await conn.execute(select(func.count()).select_from(calls))).scalar_one())
 
 
 async def test_a_dead_media_worker_ends_its_calls_and_frees_the_agent(

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from callbridge.errors import CallbridgeError, TooManyRequests
+from callbridge.errors import CallbridgeError
 
 
 class EnvelopeResponse(Response):
@@ -62,8 +62,9 @@ def failure(request_id: str, method: str, error: CallbridgeError) -> EnvelopeRes
         },
     }
     headers: dict[str, str] = {}
-    if isinstance(error, TooManyRequests):
-        headers["Retry-After"] = str(error.retry_after_s)
+    retry_after_s = getattr(error, "retry_after_s", None)
+    if isinstance(retry_after_s, int):
+        headers["Retry-After"] = str(retry_after_s)
     return EnvelopeResponse(
         content, status_code=error.http_status, headers=_with_id(headers, request_id)
     )

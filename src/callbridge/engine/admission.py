@@ -8,10 +8,11 @@ from datetime import datetime
 
 from callbridge.domain.calls import Call, CallState, Direction, Leg, LegSide, LegStatus
 from callbridge.domain.options import CallOptions
-from callbridge.errors import VoipNotAllowed
+from callbridge.errors import SipCapacityExhausted, VoipNotAllowed
 from callbridge.ids import new_sid
 from callbridge.numbers import ContactUri
 from callbridge.store.accounts import Account
+from callbridge.telephony.base import CapacityExhausted, CapacityReserving
 
 from .core import CallEngine, CallRunner
 from .outbound import OutboundRunner
@@ -79,9 +80,23 @@ async def admit_click_to_call(
         created_at=now,
         updated_at=now,
     )
-    admitted: Admitted = await engine.writer.submit(
-        ADMIT, Admission(call, from_leg, request.options, engine.node_id)
-    )
+    driver = engine.driver
+    reserving = driver if isinstance(driver, CapacityReserving) else None
+    if reserving is not None:
+        # Room for both legs first: a full driver refuses the request before any busy mark
+        # or call row exists, rather than admitting a call that could never be dialled.
+        try:
+            reserving.reserve(call.sid)
+        except CapacityExhausted as exc:
+            raise SipCapacityExhausted(f"{exc}; retry later") from exc
+    try:
+        admitted: Admitted = await engine.writer.submit(
+            ADMIT, Admission(call, from_leg, request.options, engine.node_id)
+        )
+    except BaseException:
+        if reserving is not None:
+            reserving.release(call.sid)
+        raise
     engine.remember(admitted.call)
     engine.notify(admitted.call)
     if runner is None:

@@ -23,7 +23,7 @@ from callbridge.domain.calls import Call, CallState
 from callbridge.domain.options import CallOptions
 from callbridge.store.repo import Store
 from callbridge.store.writer import BatchWriter
-from callbridge.telephony.base import LegEvent, TelephonyDriver
+from callbridge.telephony.base import CapacityReserving, LegEvent, TelephonyDriver
 
 from .lease import NodeLease
 from .writes import ADMIT, CHANGE, CallTakenOver, Change, admit_batch, apply_changes
@@ -297,6 +297,8 @@ class CallEngine:
 
     def _forget(self, runner: CallRunner) -> None:
         self._runners.pop(runner.call.sid, None)
+        if isinstance(self.driver, CapacityReserving):
+            self.driver.release(runner.call.sid)
         for leg_sid in runner._legs:
             if self._leg_owner.get(leg_sid) is runner:
                 del self._leg_owner[leg_sid]

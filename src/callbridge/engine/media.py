@@ -25,7 +25,12 @@ from callbridge.media.storage import RecordingStorage
 from callbridge.media.stream import StreamSession
 from callbridge.media.wav import InvalidAudio, fetch_wav
 from callbridge.settings import Settings
-from callbridge.telephony.base import Handle, TelephonyDriver
+from callbridge.telephony.base import (
+    Handle,
+    RecordingDriver,
+    RecordingHandle,
+    TelephonyDriver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +128,7 @@ class CallMediaSession:
         self._wait_handle: Handle | None = None
         self._handles: list[Handle] = []
         self._taps: list[Handle] = []
-        self._recorders: list[CallRecorder] = []
+        self._recorders: list[RecordingHandle] = []
         self._stream: StreamSession | None = None
 
     # -- engine hooks ---------------------------------------------------------------------
@@ -160,16 +165,7 @@ class CallMediaSession:
                     if self._agent_leg == "from"
                     else (to_leg_sid, from_leg_sid)
                 )
-                recorder = CallRecorder(
-                    recording.channels,
-                    recording.format,
-                    clock=self._clock,
-                    left_leg_sid=left,
-                    right_leg_sid=right,
-                    executor=self._services.executor,
-                )
-                self._recorders.append(recorder)
-                self._taps.append(await self._driver.tap([left, right], recorder))
+                await self._start_recording(left, right)
             streaming = self._options.streaming
             if streaming is not None:
                 if self._stream is None and streaming.begin is StreamBegin.TO_LEG_CONNECT:
@@ -307,6 +303,25 @@ class CallMediaSession:
                     self._handles.append(await self._driver.play(leg, pcm, loop=False))
                 except Exception:
                     self._log.exception("media: playback not played", extra=self._extra())
+
+    async def _start_recording(self, left: str, right: str) -> None:
+        """In the driver when it records itself (SIP: in its media workers), else from taps."""
+        recording = self._options.recording
+        if isinstance(self._driver, RecordingDriver):
+            self._recorders.append(
+                await self._driver.record(left, right, recording.channels, recording.format)
+            )
+            return
+        recorder = CallRecorder(
+            recording.channels,
+            recording.format,
+            clock=self._clock,
+            left_leg_sid=left,
+            right_leg_sid=right,
+            executor=self._services.executor,
+        )
+        self._recorders.append(recorder)
+        self._taps.append(await self._driver.tap([left, right], recorder))
 
     async def _start_stream(self, leg_sids: list[str]) -> None:
         streaming = self._options.streaming

@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from callbridge.domain.options import RecordingChannels, RecordingFormat
+    from callbridge.media.recorder import RecordingResult
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -117,6 +121,41 @@ class InboundCapable(Protocol):
     def set_incoming_handler(self, handler: IncomingHandler) -> None: ...
 
     async def answer(self, leg_sid: str) -> None: ...
+
+
+class RecordingHandle(Protocol):
+    async def finish(self) -> RecordingResult:
+        """Stop recording and return the encoded file (its length is the time it ran)."""
+
+    def abort(self) -> None:
+        """Stop and drop the recording without waiting for it."""
+
+
+@runtime_checkable
+class RecordingDriver(Protocol):
+    """A driver that records and encodes calls itself (the SIP driver does it in its media
+    workers); the engine records through `tap` and an in-process encoder otherwise."""
+
+    async def record(
+        self,
+        left_leg_sid: str,
+        right_leg_sid: str,
+        channels: RecordingChannels,
+        fmt: RecordingFormat,
+    ) -> RecordingHandle:
+        """Record the two parties (`dual`: left leg on the left channel) from now on."""
+
+
+@runtime_checkable
+class CapacityReserving(Protocol):
+    """A driver with a fixed number of call slots: a call reserves room for its legs before it
+    is admitted, so a full driver refuses the request instead of failing the call later."""
+
+    def reserve(self, call_sid: str) -> None:
+        """Hold room for a call's legs; `CapacityExhausted` when there is none."""
+
+    def release(self, call_sid: str) -> None:
+        """Give back a reservation no leg used (idempotent; legs release their own slots)."""
 
 
 class DriverError(Exception):

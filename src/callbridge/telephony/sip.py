@@ -1,9 +1,12 @@
 """The real SIP driver: the `TelephonyDriver` protocol over a pool of pjsua2 media worker
 processes (`sip_pool.py`), dispatching each call's legs to one worker.
 
-All legs of a call live on one worker so they can be bridged: a leg is placed on the worker
-already holding a leg of the same `call_sid`. A worker that dies has its legs reported as
-`failed` (not yet answered) or `hangup` (answered) and is replaced.
+All legs of a call live on one worker so they can be bridged: a click-to-call reserves two
+slots on a worker when it is admitted (`reserve`; a full pool refuses it there), and every leg
+of a `call_sid` is placed on the worker holding the call. A worker that dies has its legs
+reported as `failed` (not yet answered) or `hangup` (answered), its recordings keep what
+was encoded, and it is replaced. Recordings are made and encoded in the workers (`record`);
+only stream taps send audio frames to this process.
 
 Inbound calls: register `set_incoming_handler(cb)`; an INVITE to any worker rings (180) and
 `cb(IncomingCall)` runs on the event loop. The engine then calls `bind_call(leg_sid, call_sid)`
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callbridge.clock import Clock, SystemClock
+from callbridge.domain.options import RecordingChannels, RecordingFormat
 from callbridge.settings import Settings
 from callbridge.telephony import base
 from callbridge.telephony.base import (
@@ -32,9 +36,12 @@ from callbridge.telephony.base import (
     IncomingHandler,
     LegEvent,
     LegEventKind,
+    RecordingHandle,
     UnknownLeg,
 )
-from callbridge.telephony.sip_pool import WorkerHandle, WorkerPool
+from callbridge.telephony.sip_pool import RESERVED_PER_CALL, WorkerHandle, WorkerPool
+from callbridge.telephony.sip_protocol import EngineInfo
+from callbridge.telephony.sip_recording import SipRecording
 from callbridge.telephony.sip_uri import (
     SipTargetError,
     Trunk,
@@ -105,7 +112,10 @@ class SipDriver:
         start_timeout_s: float = 20.0,
         request_timeout_s: float = 10.0,
         pj_log_level: int = 1,
+        worker_python: str | None = None,
     ) -> None:
+        """`worker_python` runs the workers under another interpreter (the tests use a venv
+        with the PyPI wheel to prove both engines)."""
         self._settings = settings
         self._clock: Clock = clock or SystemClock()
         self._pool = WorkerPool(
@@ -116,6 +126,7 @@ class SipDriver:
             pj_log_level=pj_log_level,
             on_message=self._on_message,
             on_exit=self._on_worker_exit,
+            worker_python=worker_python,
         )
         self._trunk = Trunk(
             host=settings.sip_trunk_host,
@@ -127,6 +138,7 @@ class SipDriver:
         self._legs: dict[str, _LegRef] = {}
         self._calls: dict[str, WorkerHandle] = {}
         self._taps: dict[int, AudioConsumer] = {}
+        self._recordings: dict[int, tuple[WorkerHandle, SipRecording]] = {}
         self._sink: EventSink | None = None
         self._incoming: IncomingHandler | None = None
         self._resolver: ContactResolver | None = None
@@ -144,10 +156,12 @@ class SipDriver:
         except DriverError:
             self._forget_legs()
             raise
+        engine = self.engine()
         log.info(
-            "sip driver started workers=%d capacity=%d base_port=%d",
+            "sip driver started engine=%s workers=%d capacity=%d sessions base_port=%d",
+            engine.describe() if engine else None,
             len(self._pool.workers),
-            self.capacity(),
+            (self.capacity() or 0) // RESERVED_PER_CALL,
             self._settings.sip_port,
         )
 
@@ -159,6 +173,13 @@ class SipDriver:
         self._legs.clear()
         self._calls.clear()
         self._taps.clear()
+        for _, recording in self._recordings.values():
+            recording.on_lost("SIP driver stopped")
+        self._recordings.clear()
+
+    def engine(self) -> EngineInfo | None:
+        """The pjsua2 engine the workers run (they all run the same one)."""
+        return next((w.engine for w in self._pool.workers if w.engine is not None), None)
 
     # --- worker messages (event loop) --------------------------------------------------------
 
@@ -176,6 +197,14 @@ class SipDriver:
             self._drop_leg(message[1])
         elif kind == "incoming":
             self._on_incoming(worker, message[1], message[2], message[3])
+        elif kind == "rec_data":
+            entry = self._recordings.get(message[1])
+            if entry is not None:
+                entry[1].on_data(message[2], message[3])
+        elif kind == "rec_done":
+            entry = self._recordings.pop(message[1], None)
+            if entry is not None:
+                entry[1].on_done(message[2], message[3], message[4])
 
     def _on_leg_event(
         self, leg_sid: str, kind: LegEventKind, reason: str | None, digits: str | None
@@ -226,6 +255,10 @@ class SipDriver:
         for key in [k for k, w in self._calls.items() if w is worker]:
             del self._calls[key]
         worker.groups.clear()
+        for rec_id, (holder, recording) in list(self._recordings.items()):
+            if holder is worker:
+                del self._recordings[rec_id]
+                recording.on_lost("sip worker died")
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -263,9 +296,15 @@ class SipDriver:
             if not pinned.alive or len(pinned.legs) >= pinned.max_calls:
                 raise CapacityExhausted(f"SIP worker {pinned.index} holding call is full")
             return pinned
-        candidates = [w for w in self._pool.workers if w.alive and w.free_slots() > 0]
+        candidates = [
+            w for w in self._pool.workers if w.alive and w.free_slots() >= RESERVED_PER_CALL
+        ]
         if not candidates:
-            raise CapacityExhausted("all SIP workers are busy")
+            alive = [w for w in self._pool.workers if w.alive]
+            raise CapacityExhausted(
+                f"SIP capacity exhausted: {len(alive)} of {len(self._pool.workers)} media "
+                f"workers running, all full ({sum(w.max_calls for w in alive)} calls)"
+            )
         return max(candidates, key=lambda w: (w.free_slots(), -w.index))
 
     def _ref(self, leg_sid: str) -> _LegRef:
@@ -278,6 +317,23 @@ class SipDriver:
 
     def capacity(self) -> int | None:
         return sum(max(0, w.free_slots()) for w in self._pool.workers)
+
+    def reserve(self, call_sid: str) -> None:
+        """Hold two slots on one worker for a call about to be admitted."""
+        if not self._pool.running:
+            raise CapacityExhausted("SIP driver is not running")
+        if call_sid in self._calls:
+            return
+        worker = self._pick_worker(call_sid)
+        worker.groups.setdefault(call_sid, set())
+        self._calls[call_sid] = worker
+
+    def release(self, call_sid: str) -> None:
+        """Drop a reservation no leg took (a refused admission, a call that never dialled)."""
+        worker = self._calls.get(call_sid)
+        if worker is not None and not worker.groups.get(call_sid):
+            worker.groups.pop(call_sid, None)
+            del self._calls[call_sid]
 
     async def dial(self, request: DialRequest) -> None:
         if not self._pool.running:
@@ -375,6 +431,33 @@ class SipDriver:
             stop()
             raise
         return _StopHandle(stop)
+
+    async def record(
+        self,
+        left_leg_sid: str,
+        right_leg_sid: str,
+        channels: RecordingChannels,
+        fmt: RecordingFormat,
+    ) -> RecordingHandle:
+        left, right = self._ref(left_leg_sid), self._ref(right_leg_sid)
+        worker = left.worker
+        if right.worker is not worker:
+            raise DriverError("legs are on different SIP workers; dial with the same call_sid")
+        rec_id = self._pool.next_id()
+        recording = SipRecording(
+            2 if channels is RecordingChannels.DUAL else 1,
+            fmt,
+            lambda: self._pool.request(worker, "stop_record", rec_id),
+        )
+        self._recordings[rec_id] = (worker, recording)
+        try:
+            await self._pool.request(
+                worker, "record", rec_id, left_leg_sid, right_leg_sid, channels.value, fmt.value
+            )
+        except DriverError:
+            self._recordings.pop(rec_id, None)
+            raise
+        return recording
 
     # --- inbound and operations --------------------------------------------------------------
 

@@ -3,9 +3,10 @@ worker over a socket pipe, reading its event batches on a thread, request/reply 
 and replacing a worker that dies.
 
 Each worker (`sip_worker.py`) owns one Endpoint on `sip_port + index` and its own slice of
-the RTP range; its call capacity is what the pjsua build reports (4 with the PyPI wheel).
-Protocol messages (`ready`, `fatal`, `reply`) are handled here; call events (`leg`, `gone`,
-`incoming`, `audio`) are handed to the driver on the event loop.
+the RTP range; its call capacity is what its pjsua2 engine reports (512 with our source build,
+4 with the PyPI wheel), lowered by `SIP_WORKER_MAX_CALLS` and by its RTP ports (2 per call).
+Protocol messages (`ready`, `fatal`, `reply`) are handled here; call and media events are
+handed to the driver on the event loop.
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from callbridge.settings import Settings
 from callbridge.telephony.base import DriverError
-
-if TYPE_CHECKING:
-    from callbridge.telephony.sip_worker import WorkerConfig
+from callbridge.telephony.sip_protocol import EngineInfo, WorkerConfig
 
 log = logging.getLogger("callbridge.sip")
 
-_RESERVED_PER_CALL = 2
-"""Slots a call keeps on its worker from its first leg, so its second leg always fits."""
+RESERVED_PER_CALL = 2
+"""Slots a call keeps on its worker from admission, so both its legs always fit."""
+ENGINE_MAX_CALLS = 1024
+"""Calls a worker asks of pjsua when nothing lowers it; the engine's build caps it."""
 
 MessageHandler = Callable[["WorkerHandle", tuple[Any, ...]], None]
 """Takes a worker's call event (`leg`, `gone`, `incoming`, `audio`) on the event loop."""
@@ -50,10 +51,11 @@ class WorkerHandle:
     process: subprocess.Popen[bytes] | None = None
     conn: Connection | None = None
     max_calls: int = 0
+    engine: EngineInfo | None = None
     alive: bool = False
     started_at: float = 0.0
     restart_delay_s: float = 0.5
-    ready: asyncio.Future[int] | None = None
+    ready: asyncio.Future[EngineInfo] | None = None
     legs: set[str] = field(default_factory=set)
     groups: dict[str, set[str]] = field(default_factory=dict)
     pending: dict[int, asyncio.Future[str | None]] = field(default_factory=dict)
@@ -64,7 +66,7 @@ class WorkerHandle:
     def free_slots(self) -> int:
         if not self.alive:
             return 0
-        reserved = sum(max(_RESERVED_PER_CALL, len(legs)) for legs in self.groups.values())
+        reserved = sum(max(RESERVED_PER_CALL, len(legs)) for legs in self.groups.values())
         return self.max_calls - max(reserved, len(self.legs))
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -87,8 +89,10 @@ class WorkerPool:
         pj_log_level: int,
         on_message: MessageHandler,
         on_exit: ExitHandler,
+        worker_python: str | None = None,
     ) -> None:
         self._settings = settings
+        self._python = worker_python or sys.executable
         self._worker_count = workers
         self._start_timeout_s = start_timeout_s
         self._request_timeout_s = request_timeout_s
@@ -136,10 +140,9 @@ class WorkerPool:
             self._fail_pending(worker, "SIP driver stopped")
             worker.sender.shutdown(wait=False)
 
-    @staticmethod
-    def _popen(child_fd: int) -> subprocess.Popen[bytes]:
+    def _popen(self, child_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "callbridge.telephony.sip_worker", str(child_fd)],
+            [self._python, "-m", "callbridge.telephony.sip_worker", str(child_fd)],
             pass_fds=(child_fd,),
             stdin=subprocess.DEVNULL,
         )
@@ -159,14 +162,13 @@ class WorkerPool:
             worker.conn = None
 
     def _worker_config(self, index: int) -> WorkerConfig:
-        from callbridge.telephony.sip_worker import WorkerConfig
-
         s = self._settings
         span = (s.sip_rtp_port_max - s.sip_rtp_port_min + 1) // self._worker_count
         span -= span % 2
         if span < 8:
             raise DriverError("RTP port range too small for the number of SIP workers")
         password = s.sip_trunk_password.get_secret_value() if s.sip_trunk_password else None
+        wanted = min(s.sip_worker_max_calls or ENGINE_MAX_CALLS, span // 2)
         return WorkerConfig(
             index=index,
             bind_host=s.sip_bind_host,
@@ -177,6 +179,9 @@ class WorkerPool:
             outbound_proxy=s.sip_outbound_proxy,
             username=s.sip_trunk_username,
             password=password,
+            public_address=s.sip_public_address,
+            stun_servers=s.stun_servers(),
+            requested_max_calls=wanted,
             log_level=s.log_level.upper(),
             pj_log_level=self._pj_log_level,
         )
@@ -206,16 +211,19 @@ class WorkerPool:
             daemon=True,
         ).start()
         try:
-            worker.max_calls = await asyncio.wait_for(worker.ready, self._start_timeout_s)
+            engine = await asyncio.wait_for(worker.ready, self._start_timeout_s)
         except TimeoutError as exc:
             raise DriverError(f"SIP worker {worker.index} did not become ready") from exc
+        worker.engine = engine
+        worker.max_calls = engine.max_calls
         worker.alive = True
         log.info(
-            "sip worker %d up pid=%s port=%d max_calls=%d",
+            "sip worker %d up pid=%s port=%d engine: %s; open files %d",
             worker.index,
             process.pid,
             worker.config.sip_port,
-            worker.max_calls,
+            engine.describe(),
+            engine.open_files,
         )
 
     def _read_loop(
@@ -262,7 +270,7 @@ class WorkerPool:
                 future.set_result(error)
         elif kind == "ready":
             if worker.ready is not None and not worker.ready.done():
-                worker.ready.set_result(int(message[1]))
+                worker.ready.set_result(message[1])
         elif kind == "fatal":
             log.error("sip worker %d failed to start: %s", worker.index, message[1])
             if worker.ready is not None and not worker.ready.done():
