@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sip.sipp import HOST, _port_free, free_port
+from tests.sip.sipp import HOST, free_port, port_free
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "kamailio" / "kamailio.cfg"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
@@ -93,7 +93,7 @@ def start_kamailio(
         )
     kamailio = Kamailio(process, port, log)
     deadline = time.monotonic() + 10
-    while _port_free(port):
+    while port_free(port):
         if process.poll() is not None or time.monotonic() > deadline:
             kamailio.stop()
             raise RuntimeError(f"kamailio did not start: {kamailio.output()[-3000:]}")
