@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from callbridge.config import Config
+    from callbridge.config_sim import SimNumberConfig
 
 KEEP_ALIVE_S = 75
 """How long an idle client connection is kept open."""
@@ -152,10 +156,11 @@ def _setting_error(exc: Any) -> str:
     return f"invalid setting {name}: {first.get('msg', 'invalid value')}"
 
 
-async def _apply_config_first(settings: Settings) -> bool:
+async def _apply_config_first(settings: Settings) -> Config | None:
     """Apply the config file before serving, so that an error in it (a flow naming a user
-    that does not exist…) stops the start with its message. False when the database cannot
-    be reached: the server then waits for it (503 on /readyz) and applies the file itself."""
+    that does not exist…) stops the start with its message; returns it, applied. None when
+    the database cannot be reached: the server then waits for it (503 on /readyz) and
+    applies the file itself."""
     from callbridge.clock import SystemClock
     from callbridge.config import apply_config, load_config
     from callbridge.store.repo import Store
@@ -168,9 +173,9 @@ async def _apply_config_first(settings: Settings) -> bool:
         try:
             await ensure_schema(store)
         except Exception:
-            return False
+            return None
         await apply_config(store, config, SystemClock())
-        return True
+        return config
     finally:
         await store.close()
 
@@ -181,11 +186,15 @@ def _serve(settings: Settings) -> int:
     from callbridge.api.app import create_app
     from callbridge.config import ConfigError
 
+    sim_numbers: tuple[SimNumberConfig, ...] = ()
     if settings.config is not None:
         try:
-            if asyncio.run(_apply_config_first(settings)):
-                # Applied: the server need not parse and apply it a second time.
+            applied = asyncio.run(_apply_config_first(settings))
+            if applied is not None:
+                # Applied: the server need not parse and apply it a second time; the phones
+                # of the simulated carrier it names only exist once the server runs.
                 settings = settings.model_copy(update={"config": None})
+                sim_numbers = applied.sim_numbers
         except ConfigError as exc:
             return _fail(str(exc), 2)
         except Exception as exc:  # e.g. an api_key the database already gives another account
@@ -194,7 +203,7 @@ def _serve(settings: Settings) -> int:
             return _fail(f"config cannot be applied: {describe_db_error(exc)}", 2)
     from callbridge.api.dashboard_routes import close_live_streams
 
-    app = create_app(settings)
+    app = create_app(settings, sim_numbers=sim_numbers)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -202,6 +211,15 @@ def _serve(settings: Settings) -> int:
             # Open dashboard streams would otherwise hold the graceful stop for its timeout.
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().call_soon_threadsafe(close_live_streams, app)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                # uvicorn raises the signal again once it has stopped, so Ctrl-C would end in
+                # a KeyboardInterrupt traceback and SIGTERM in "Terminated" (make reports
+                # both as failures). A stop that was asked for and completed is a clean exit.
+                self._captured_signals.clear()
 
     Server(
         uvicorn.Config(

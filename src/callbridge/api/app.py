@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,7 @@ from callbridge.api import (
     dashboard_routes,
     exophones_routes,
     health,
+    metrics_routes,
     recordings_routes,
     sim_routes,
     users_routes,
@@ -35,6 +36,7 @@ from callbridge.api.middleware import EnvelopeMiddleware
 from callbridge.api.services import Services, request_id
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import ConfigError, apply_config, load_config
+from callbridge.config_sim import SimNumberConfig, apply_sim_numbers
 from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
 from callbridge.domain.options import CallOptions, without_userinfo
@@ -51,6 +53,7 @@ from callbridge.errors import (
 )
 from callbridge.gcpolicy import GcPolicy
 from callbridge.media.service import RecordingService, build_storage
+from callbridge.metrics import Metrics
 from callbridge.settings import Settings
 from callbridge.store.repo import Store, describe_db_error
 from callbridge.store.schema import ensure_schema
@@ -105,8 +108,13 @@ def create_app(
     clock: Clock | None = None,
     node_id: str | None = None,
     run_background: bool = True,
+    sim_numbers: Sequence[SimNumberConfig] = (),
 ) -> FastAPI:
-    """Build the ASGI app. Nothing is opened until the lifespan starts."""
+    """Build the ASGI app. Nothing is opened until the lifespan starts.
+
+    `sim_numbers` are simulated phone behaviours from a config file already applied to the
+    database by the caller; a `settings.config` file is applied here, its behaviours too."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,15 +124,18 @@ def create_app(
 
         async def start() -> Callable[[], Awaitable[None]]:
             """Everything after the schema: returns the matching stop."""
+            behaviours = list(sim_numbers)
             if settings.config is not None:
-                await apply_config(
-                    the_store,
-                    load_config(
-                        settings.config, default_rate_limit=settings.default_rate_limit_per_minute
-                    ),
-                    the_clock,
+                config = load_config(
+                    settings.config, default_rate_limit=settings.default_rate_limit_per_minute
                 )
+                await apply_config(the_store, config, the_clock)
+                behaviours += config.sim_numbers
             the_driver = driver or build_driver(settings, the_clock)
+            if behaviours and isinstance(the_driver, SimulatedCarrier):
+                apply_sim_numbers(the_driver, behaviours)
+            elif behaviours:
+                log.info("config sim.numbers ignored: the driver is not sim")
             the_node = node_id or new_node_id()
             svc_holder: dict[str, Services] = {}
 
@@ -155,6 +166,7 @@ def create_app(
                 url_guard=guard.check,
                 stream_url_guard=check_stream_url,
                 storage=recordings.storage,
+                on_stream=metrics.track_stream,
             )
 
             def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:
@@ -192,6 +204,7 @@ def create_app(
                 rate_limiter=RateLimiter(),
                 idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
                 guard=guard,
+                metrics=metrics,
                 sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
             )
             svc_holder["svc"] = svc
@@ -209,6 +222,8 @@ def create_app(
             )
             engine.on_committed = worker.wake
             reconciler.on_committed = worker.wake
+            engine.add_listener(metrics.observe_call)
+            worker.on_attempt = metrics.callback_attempt
             svc.extras["worker"] = worker
             svc.extras["reconciler"] = reconciler
             svc.extras["recordings"] = recordings
@@ -304,8 +319,11 @@ def create_app(
         # EnvelopeMiddleware drops a trailing slash instead; a bare redirect has no envelope.
         redirect_slashes=False,
     )
-    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_routes.metrics_router(metrics, settings.metrics_token))
     app.include_router(calls_routes.router)
     app.include_router(callbacks_routes.router)
     app.include_router(recordings_routes.router)

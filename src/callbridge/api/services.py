@@ -12,6 +12,7 @@ from callbridge.api.idempotency import IdempotencyStore
 from callbridge.clock import Clock
 from callbridge.engine.core import CallEngine
 from callbridge.errors import ServiceUnavailable
+from callbridge.metrics import Metrics
 from callbridge.settings import Settings
 from callbridge.store.accounts import Account
 from callbridge.store.repo import Store
@@ -32,6 +33,7 @@ class Services:
     rate_limiter: RateLimiter
     idempotency: IdempotencyStore
     guard: UrlGuard
+    metrics: Metrics
     sim: SimulatedCarrier | None = None
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
