@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy import func, select
+from starlette.types import Scope
 
 from callbridge.domain.calls import Call, CallState
 from callbridge.errors import CallbridgeError
@@ -141,14 +142,23 @@ class Metrics:
             registry=r,
         )
         self._counted: OrderedDict[str, None] = OrderedDict()
+        self._templates: dict[object, str] = {}
         self._streams: dict[int, tuple[StreamSession, int, int]] = {}
 
     # -- hooks, called where things happen --------------------------------------------------
 
-    def observe_request(
-        self, method: str, route: str, status: int | None, elapsed_s: float
-    ) -> None:
-        method = method if method in HTTP_METHODS else "other"
+    def learn_routes(self, routes: Iterable[object]) -> None:
+        """Remember each endpoint's path template, to label requests by route."""
+        for route in routes:
+            endpoint, path = getattr(route, "endpoint", None), getattr(route, "path", None)
+            if endpoint is not None and isinstance(path, str):
+                self._templates.setdefault(endpoint, path)
+
+    def observe_request(self, scope: Scope, status: int | None, elapsed_s: float) -> None:
+        """Count one finished request by method, route template and status. The template, not
+        the path, so labels cannot grow with sids; `unmatched` when no route took it."""
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+        route = self._templates.get(scope.get("endpoint"), "unmatched")
         self.requests.labels(method, route, str(status or 0)).observe(elapsed_s)
 
     def observe_call(self, call: Call) -> None:

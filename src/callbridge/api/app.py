@@ -321,18 +321,23 @@ def create_app(
     )
     app.state.metrics = metrics
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
-    app.include_router(health.router)
+    routers = [
+        health.router,
+        calls_routes.router,
+        callbacks_routes.router,
+        recordings_routes.router,
+        users_routes.router,
+        v2_calls_routes.router,
+        exophones_routes.router,
+        dashboard_routes.router,
+    ]
     if settings.metrics_enabled:
-        app.include_router(metrics_routes.metrics_router(metrics, settings.metrics_token))
-    app.include_router(calls_routes.router)
-    app.include_router(callbacks_routes.router)
-    app.include_router(recordings_routes.router)
-    app.include_router(users_routes.router)
-    app.include_router(v2_calls_routes.router)
-    app.include_router(exophones_routes.router)
-    app.include_router(dashboard_routes.router)
+        routers.append(metrics_routes.metrics_router(metrics, settings.metrics_token))
     if settings.driver == "sim":
-        app.include_router(sim_routes.router)
+        routers.append(sim_routes.router)
+    for router in routers:
+        app.include_router(router)
+    metrics.learn_routes([*app.router.routes, *(r for router in routers for r in router.routes)])
 
     @app.exception_handler(CallbridgeError)
     async def _callbridge_error(request: Request, exc: CallbridgeError) -> Response:

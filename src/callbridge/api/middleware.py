@@ -121,7 +121,7 @@ class EnvelopeMiddleware:
     def _log(self, scope: Scope, status: int | None, started: float) -> None:
         elapsed_s = time.perf_counter() - started
         if self.metrics is not None:
-            self.metrics.observe_request(scope["method"], route_template(scope), status, elapsed_s)
+            self.metrics.observe_request(scope, status, elapsed_s)
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -133,14 +133,6 @@ class EnvelopeMiddleware:
                 "elapsed_ms": round(elapsed_s * 1000, 2),
             },
         )
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's path template (`/v3/accounts/{account_sid}/calls`), never the raw
-    path, so a metric label cannot grow with sids; `unmatched` when no route took it."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
 
 
 async def _empty_receive() -> Message:
