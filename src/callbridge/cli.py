@@ -1,4 +1,4 @@
-"""The `callbridge` command: serve, migrate, worker, accounts, callbacks."""
+"""The `callbridge` command: serve, migrate, worker, accounts, callbacks, listen."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(replay, leaf=True)
     replay.add_argument("account_sid")
     replay.add_argument("delivery_id", type=_delivery_id)
+
+    listen = sub.add_parser(
+        "listen", help="print status callbacks sent to this machine and check their signatures"
+    )
+    _common(listen)
+    listen.add_argument("--host", dest="listen_host", default="127.0.0.1")
+    listen.add_argument("--port", dest="listen_port", type=int, default=9000)
+    source = listen.add_mutually_exclusive_group()
+    source.add_argument("--secret", help="the account's webhook secret (whsec_…)")
+    source.add_argument("--account", help="read the secret of this account from the database")
     return parser
 
 
@@ -108,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"config file not found: {settings.config}", 2)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "listen":
+        return _listen(args, settings)
     if args.command == "migrate":
         from callbridge.store.repo import describe_db_error
         from callbridge.store.schema import upgrade_to_head
@@ -129,6 +141,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_admin(args, settings))
     except Exception as exc:
         return _fail(f"cannot reach the database: {describe_db_error(exc)}", 1)
+
+
+def _listen(args: argparse.Namespace, settings: Settings) -> int:
+    from callbridge.listen import ListenError, serve
+    from callbridge.webhooks.signing import InvalidSecret, secret_key
+
+    if not 0 <= args.listen_port <= 65535:
+        return _fail(f"invalid port {args.listen_port}", 2)
+    secrets: list[str] = []
+    origin: str | None = None
+    if args.secret is not None:
+        try:
+            secret_key(args.secret)
+        except InvalidSecret as exc:
+            return _fail(f"--secret: {exc}", 2)
+        secrets, origin = [args.secret], "the given secret"
+    elif args.account is not None:
+        missing = _missing_sqlite_file(settings)
+        if missing is not None:
+            return _fail(f"no database at {missing} (pass --data-dir or --secret)", 1)
+        from callbridge.admin import account_secrets
+        from callbridge.store.repo import describe_db_error
+
+        try:
+            secrets = asyncio.run(account_secrets(settings, args.account))
+        except Exception as exc:
+            return _fail(f"cannot reach the database: {describe_db_error(exc)}", 1)
+        if not secrets:
+            return _fail(f"account {args.account} not found", 1)
+        origin = f"the webhook secret of account {args.account}"
+    try:
+        return serve(args.listen_host, args.listen_port, secrets, origin, sys.stdout)
+    except ListenError as exc:
+        return _fail(str(exc), 1)
 
 
 def _missing_sqlite_file(settings: Settings) -> Path | None:
@@ -185,6 +231,7 @@ def _serve(settings: Settings) -> int:
 
     from callbridge.api.app import create_app
     from callbridge.config import ConfigError
+    from callbridge.uvicorn_server import Server as CleanExitServer
 
     sim_numbers: tuple[SimNumberConfig, ...] = ()
     if settings.config is not None:
@@ -205,21 +252,12 @@ def _serve(settings: Settings) -> int:
 
     app = create_app(settings, sim_numbers=sim_numbers)
 
-    class Server(uvicorn.Server):
+    class Server(CleanExitServer):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # Open dashboard streams would otherwise hold the graceful stop for its timeout.
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().call_soon_threadsafe(close_live_streams, app)
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                yield
-                # uvicorn raises the signal again once it has stopped, so Ctrl-C would end in
-                # a KeyboardInterrupt traceback and SIGTERM in "Terminated" (make reports
-                # both as failures). A stop that was asked for and completed is a clean exit.
-                self._captured_signals.clear()
 
     Server(
         uvicorn.Config(
