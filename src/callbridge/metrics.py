@@ -105,13 +105,15 @@ class Metrics:
         self.active_legs = Gauge(
             "callbridge_active_legs", "Legs of the calls this process is running", registry=r
         )
+        # Labelled by driver so that they are absent, not 0, for a driver without a pool.
         self.driver_free_slots = Gauge(
             "callbridge_driver_free_slots",
-            "Legs the telephony driver can still take (SIP pool; absent when unbounded)",
+            "Legs the telephony driver can still take (the SIP worker pool)",
+            ["driver"],
             registry=r,
         )
         self.sip_workers = Gauge(
-            "callbridge_sip_workers_alive", "Live SIP worker processes", registry=r
+            "callbridge_sip_workers_alive", "Live SIP worker processes", ["driver"], registry=r
         )
         self.database_up = Gauge(
             "callbridge_database_up", "1 when the last scrape could read the database", registry=r
@@ -229,10 +231,10 @@ class Metrics:
         self.active_legs.set(svc.engine.active_legs)
         free = svc.driver.capacity()
         if free is not None:
-            self.driver_free_slots.set(free)
+            self.driver_free_slots.labels(svc.driver.name).set(free)
         worker_pids = getattr(svc.driver, "worker_pids", None)
         if callable(worker_pids):
-            self.sip_workers.set(len(worker_pids()))
+            self.sip_workers.labels(svc.driver.name).set(len(worker_pids()))
 
     async def _read_database(self, svc: Services) -> None:
         now = svc.clock.now()
