@@ -145,6 +145,7 @@ class Metrics:
         )
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._templates: dict[object, str] = {}
+        self._request_series: dict[tuple[str, str, int], Histogram] = {}
         self._streams: dict[int, tuple[StreamSession, int, int]] = {}
 
     # -- hooks, called where things happen --------------------------------------------------
@@ -161,7 +162,12 @@ class Metrics:
         the path, so labels cannot grow with sids; `unmatched` when no route took it."""
         method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
         route = self._templates.get(scope.get("endpoint"), "unmatched")
-        self.requests.labels(method, route, str(status or 0)).observe(elapsed_s)
+        key = (method, route, status or 0)
+        child = self._request_series.get(key)
+        if child is None:
+            # labels() costs more than the observation itself: keep each series' child.
+            child = self._request_series[key] = self.requests.labels(method, route, str(key[2]))
+        child.observe(elapsed_s)
 
     def observe_call(self, call: Call) -> None:
         """An engine listener: counts each call once, when it is first seen ended."""

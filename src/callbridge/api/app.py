@@ -320,7 +320,11 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.metrics = metrics
-    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        EnvelopeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics if settings.metrics_enabled else None,
+    )
     routers = [
         health.router,
         calls_routes.router,
