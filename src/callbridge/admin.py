@@ -80,6 +80,16 @@ async def _webhook_secret(store: Store, account_sid: str, *, rotate: bool) -> in
     return 0
 
 
+async def account_secrets(settings: Settings, account_sid: str) -> list[str]:
+    """The account's webhook secrets (current first); empty when there is no such account."""
+    store = Store(settings.resolved_database_url())
+    try:
+        async with store.read() as conn:
+            return await secret_store.get_secrets(conn, account_sid)
+    finally:
+        await store.close()
+
+
 async def _replay(store: Store, account_sid: str, delivery_id: int) -> int:
     async with store.tx() as conn:
         row = await outbox_log.replay(conn, account_sid, delivery_id, SystemClock().now())

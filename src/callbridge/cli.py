@@ -1,4 +1,4 @@
-"""The `callbridge` command: serve, migrate, worker, accounts, callbacks."""
+"""The `callbridge` command: serve, migrate, worker, accounts, callbacks, listen."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from callbridge.config import Config
+    from callbridge.config_sim import SimNumberConfig
 
 KEEP_ALIVE_S = 75
 """How long an idle client connection is kept open."""
@@ -84,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(replay, leaf=True)
     replay.add_argument("account_sid")
     replay.add_argument("delivery_id", type=_delivery_id)
+
+    listen = sub.add_parser(
+        "listen", help="print status callbacks sent to this machine and check their signatures"
+    )
+    _common(listen)
+    listen.add_argument("--host", dest="listen_host", default="127.0.0.1")
+    listen.add_argument("--port", dest="listen_port", type=int, default=9000)
+    source = listen.add_mutually_exclusive_group()
+    source.add_argument("--secret", help="the account's webhook secret (whsec_…)")
+    source.add_argument("--account", help="read the secret of this account from the database")
     return parser
 
 
@@ -104,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"config file not found: {settings.config}", 2)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "listen":
+        return _listen(args, settings)
     if args.command == "migrate":
         from callbridge.store.repo import describe_db_error
         from callbridge.store.schema import upgrade_to_head
@@ -125,6 +141,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_admin(args, settings))
     except Exception as exc:
         return _fail(f"cannot reach the database: {describe_db_error(exc)}", 1)
+
+
+def _listen(args: argparse.Namespace, settings: Settings) -> int:
+    from callbridge.listen import ListenError, serve
+    from callbridge.webhooks.signing import InvalidSecret, secret_key
+
+    if not 0 <= args.listen_port <= 65535:
+        return _fail(f"invalid port {args.listen_port}", 2)
+    secrets: list[str] = []
+    origin: str | None = None
+    if args.secret is not None:
+        try:
+            secret_key(args.secret)
+        except InvalidSecret as exc:
+            return _fail(f"--secret: {exc}", 2)
+        secrets, origin = [args.secret], "the given secret"
+    elif args.account is not None:
+        missing = _missing_sqlite_file(settings)
+        if missing is not None:
+            return _fail(f"no database at {missing} (pass --data-dir or --secret)", 1)
+        from callbridge.admin import account_secrets
+        from callbridge.store.repo import describe_db_error
+
+        try:
+            secrets = asyncio.run(account_secrets(settings, args.account))
+        except Exception as exc:
+            return _fail(f"cannot reach the database: {describe_db_error(exc)}", 1)
+        if not secrets:
+            return _fail(f"account {args.account} not found", 1)
+        origin = f"the webhook secret of account {args.account}"
+    try:
+        return serve(args.listen_host, args.listen_port, secrets, origin, sys.stdout)
+    except ListenError as exc:
+        return _fail(str(exc), 1)
 
 
 def _missing_sqlite_file(settings: Settings) -> Path | None:
@@ -153,10 +203,11 @@ def _setting_error(exc: Any) -> str:
     return f"invalid setting {name}: {message}" if name else f"invalid settings: {message}"
 
 
-async def _apply_config_first(settings: Settings) -> bool:
+async def _apply_config_first(settings: Settings) -> Config | None:
     """Apply the config file before serving, so that an error in it (a flow naming a user
-    that does not exist…) stops the start with its message. False when the database cannot
-    be reached: the server then waits for it (503 on /readyz) and applies the file itself."""
+    that does not exist…) stops the start with its message; returns it, applied. None when
+    the database cannot be reached: the server then waits for it (503 on /readyz) and
+    applies the file itself."""
     from callbridge.clock import SystemClock
     from callbridge.config import apply_config, load_config
     from callbridge.store.repo import Store
@@ -169,9 +220,9 @@ async def _apply_config_first(settings: Settings) -> bool:
         try:
             await ensure_schema(store)
         except Exception:
-            return False
+            return None
         await apply_config(store, config, SystemClock(), sip_realm=settings.sip_registrar_realm)
-        return True
+        return config
     finally:
         await store.close()
 
@@ -181,12 +232,17 @@ def _serve(settings: Settings) -> int:
 
     from callbridge.api.app import create_app
     from callbridge.config import ConfigError
+    from callbridge.uvicorn_server import Server as CleanExitServer
 
+    sim_numbers: tuple[SimNumberConfig, ...] = ()
     if settings.config is not None:
         try:
-            if asyncio.run(_apply_config_first(settings)):
-                # Applied: the server need not parse and apply it a second time.
+            applied = asyncio.run(_apply_config_first(settings))
+            if applied is not None:
+                # Applied: the server need not parse and apply it a second time; the phones
+                # of the simulated carrier it names only exist once the server runs.
                 settings = settings.model_copy(update={"config": None})
+                sim_numbers = applied.sim_numbers
         except ConfigError as exc:
             return _fail(str(exc), 2)
         except Exception as exc:  # e.g. an api_key the database already gives another account
@@ -195,9 +251,9 @@ def _serve(settings: Settings) -> int:
             return _fail(f"config cannot be applied: {describe_db_error(exc)}", 2)
     from callbridge.api.dashboard_routes import close_live_streams
 
-    app = create_app(settings)
+    app = create_app(settings, sim_numbers=sim_numbers)
 
-    class Server(uvicorn.Server):
+    class Server(CleanExitServer):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # Open dashboard streams would otherwise hold the graceful stop for its timeout.

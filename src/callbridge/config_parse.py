@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
+from callbridge.config_sim import SimConfigError, SimNumberConfig, parse_sim
 from callbridge.domain.flows import Destination, FlowDefinition, FlowInvalid, parse_flow_definition
 from callbridge.domain.users import SIP_PASSWORD_MAX as MAX_SIP_PASSWORD
 from callbridge.domain.users import sip_password_problem
@@ -107,6 +108,8 @@ class AccountConfig:
 @dataclass(frozen=True)
 class Config:
     accounts: tuple[AccountConfig, ...] = field(default_factory=tuple)
+    sim_numbers: tuple[SimNumberConfig, ...] = field(default_factory=tuple)
+    """Behaviours of simulated phones (`[[sim.numbers]]`), applied when the driver is `sim`."""
 
 
 class _FirstSeen:
@@ -146,14 +149,17 @@ def parse_config(text: str, *, default_rate_limit: int = 200) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config is not valid TOML: {exc}") from exc
-    _check_keys(data, {"accounts"}, "")
+    _check_keys(data, {"accounts", "sim"}, "")
     seen = _FileSeen()
-    return Config(
-        tuple(
-            _parse_account(raw, f"accounts[{i}]", seen, default_rate_limit)
-            for i, raw in enumerate(_tables(data, "accounts", ""))
-        )
+    accounts = tuple(
+        _parse_account(raw, f"accounts[{i}]", seen, default_rate_limit)
+        for i, raw in enumerate(_tables(data, "accounts", ""))
     )
+    try:
+        sim_numbers = parse_sim(data.get("sim"))
+    except SimConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Config(accounts, sim_numbers)
 
 
 def _parse_account(

@@ -20,6 +20,8 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# uvicorn repeats its message with ANSI colour codes for terminals; `msg` already has it.
+_STANDARD.add("color_message")
 
 
 class JsonFormatter(logging.Formatter):

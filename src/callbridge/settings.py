@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # Prometheus metrics at /metrics on the API port.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
+    """When set, /metrics requires `Authorization: Bearer <token>`."""
+
     # Guards.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     default_rate_limit_per_minute: int = Field(default=200, ge=0)

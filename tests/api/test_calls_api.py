@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,6 +199,38 @@ async def test_malformed_bodies_get_400(store: Store, clock: ManualClock, raw: b
             URL, content=raw, headers={**h.auth, "Content-Type": "application/json"}
         )
         assert error_of(r)[:2] == (400, 400)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"to": "+919800000001"}, "to"),
+        ({"from": 5}, "from"),
+        ({"recording": "yes"}, "recording"),
+        ({"status_callback": ["http://example.com/hook"]}, "status_callback.0"),
+        ({"streaming": ["wss://example.com/bot"]}, "streaming"),
+    ],
+)
+async def test_a_scalar_where_an_object_belongs_names_the_field_not_a_class(
+    store: Store, clock: ManualClock, overrides: dict[str, Any], field: str
+) -> None:
+    async with running_app(store, clock) as h:
+        r = await h.client.post(URL, json=body(**overrides), headers=h.auth)
+        assert error_of(r) == (400, 400, f"{field}: must be a JSON object")
+
+
+async def test_a_private_callback_url_is_refused_naming_the_setting_that_allows_it(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    settings = Settings(allow_private_urls=False, log_level="WARNING", data_dir=tmp_path)
+    async with running_app(store, clock, settings=settings) as h:
+        hook = [{"event": "terminal", "url": "http://127.0.0.1:9/hook"}]
+        r = await h.client.post(URL, json=body(status_callback=hook), headers=h.auth)
+        status, code, message = error_of(r)
+        assert (status, code) == (400, 400)
+        assert message.startswith("status_callback.0.url: URL host is a non-public address")
+        assert "CALLBRIDGE_ALLOW_PRIVATE_URLS=true" in message
+        assert "--allow-private-urls" in message
 
 
 async def test_voip_not_allowed_gives_405_10712(store: Store, clock: ManualClock) -> None:

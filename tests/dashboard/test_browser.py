@@ -5,6 +5,7 @@ busy and free again. Skipped without /usr/bin/chromium unless CALLBRIDGE_REQUIRE
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -158,11 +159,15 @@ async def test_dashboard_shows_a_call_live_from_ringing_to_its_end(
 
             # The call appears while it rings, then its phase moves on to connected.
             await page.wait_for_selector(f"{row} td[data-field=phase] .badge.ringing_to")
+            assert await page.text_content(f"{row} td.sid") == sid  # whole, never cut
             assert await page.text_content(f"{row} td:nth-child(3)") == AGENT
             assert await page.text_content(f"{row} td:nth-child(4)") == CUSTOMER
             await page.wait_for_selector(f'{agent}[data-status="busy"]')
-            busy_call = await page.get_attribute(f"{agent} [data-field=active_call]", "title")
-            assert busy_call == sid
+            busy_call = await page.text_content(f"{agent} [data-field=active_call]")
+            assert busy_call == f"on {sid}"
+            # One free/busy badge per agent: the agent's own, not one more per device.
+            asha = '.agent:has(.device[data-contact="+919900000001"])'
+            assert await page.locator(f"{asha} .badge").all_text_contents() == ["busy"]
             await page.wait_for_selector(f"{row} td[data-field=phase] .badge.connected")
             legs = await page.locator(f"{row} .leg").all_text_contents()
             assert legs == ["from in-progress", "to in-progress"]
@@ -175,8 +180,16 @@ async def test_dashboard_shows_a_call_live_from_ringing_to_its_end(
             ended = f'#ended-rows tr[data-sid="{sid}"]'
             await page.wait_for_selector(f"{ended} td[data-field=status] .badge.completed")
             assert await page.locator(row).count() == 0
+            assert await page.text_content(f"{ended} td.sid") == sid
+            r = await client.get(f"{server.base_url}/v3/accounts/dash/calls/{sid}", headers=auth)
+            end_time = r.json()["response"]["call_details"]["end_time"]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+05:30", end_time)
+            assert await page.text_content(f"{ended} td[data-field=end_time]") == end_time
             await page.wait_for_selector(f'{agent}[data-status="free"]')
             assert await page.locator(f"{agent} [data-field=active_call]").count() == 0
+            assert await page.locator(f"{asha} .badge").all_text_contents() == ["free"]
+            ravi = '.agent:has(.device[data-contact="+919900000002"])'
+            assert await page.locator(f"{ravi} .badge").all_text_contents() == ["off"]
             await page.screenshot(path=str(tmp_path / "dashboard-ended.png"), full_page=True)
 
             # Credentials live in this tab's sessionStorage only; never in cookies or the URL.

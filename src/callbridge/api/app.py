@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,7 @@ from callbridge.api import (
     dashboard_routes,
     exophones_routes,
     health,
+    metrics_routes,
     openapi,
     recordings_routes,
     sim_routes,
@@ -40,6 +41,7 @@ from callbridge.api.services import Services, request_id
 from callbridge.api.v1_dialect import LegacyPathMiddleware, error_response, is_legacy_path
 from callbridge.clock import Clock, SystemClock
 from callbridge.config import ConfigError, apply_config, load_config
+from callbridge.config_sim import SimNumberConfig, apply_sim_numbers
 from callbridge.dashboard.live import LiveHub
 from callbridge.domain.calls import Call, Direction
 from callbridge.domain.options import CallOptions, without_userinfo
@@ -58,6 +60,7 @@ from callbridge.errors import (
 from callbridge.gcpolicy import GcPolicy
 from callbridge.media.links import RecordingLinks
 from callbridge.media.service import RecordingService, build_storage
+from callbridge.metrics import Metrics
 from callbridge.registrar.server import start_registrar
 from callbridge.settings import Settings
 from callbridge.store.repo import Store, describe_db_error
@@ -113,8 +116,13 @@ def create_app(
     clock: Clock | None = None,
     node_id: str | None = None,
     run_background: bool = True,
+    sim_numbers: Sequence[SimNumberConfig] = (),
 ) -> FastAPI:
-    """Build the ASGI app. Nothing is opened until the lifespan starts."""
+    """Build the ASGI app. Nothing is opened until the lifespan starts.
+
+    `sim_numbers` are simulated phone behaviours from a config file already applied to the
+    database by the caller; a `settings.config` file is applied here, its behaviours too."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,16 +132,20 @@ def create_app(
 
         async def start() -> Callable[[], Awaitable[None]]:
             """Everything after the schema: returns the matching stop."""
+            behaviours = list(sim_numbers)
             if settings.config is not None:
-                await apply_config(
-                    the_store,
-                    load_config(
-                        settings.config, default_rate_limit=settings.default_rate_limit_per_minute
-                    ),
-                    the_clock,
-                    sip_realm=settings.sip_registrar_realm,
+                config = load_config(
+                    settings.config, default_rate_limit=settings.default_rate_limit_per_minute
                 )
+                await apply_config(
+                    the_store, config, the_clock, sip_realm=settings.sip_registrar_realm
+                )
+                behaviours += config.sim_numbers
             the_driver = driver or build_driver(settings, the_clock)
+            if behaviours and isinstance(the_driver, SimulatedCarrier):
+                apply_sim_numbers(the_driver, behaviours)
+            elif behaviours:
+                log.info("config sim.numbers ignored: the driver is not sim")
             the_node = node_id or new_node_id()
             svc_holder: dict[str, Services] = {}
 
@@ -167,6 +179,7 @@ def create_app(
                 url_guard=guard.check,
                 stream_url_guard=check_stream_url,
                 storage=recordings.storage,
+                on_stream=metrics.track_stream,
             )
 
             def media_factory(call: Call, options: CallOptions) -> CallMediaSession | None:
@@ -218,6 +231,7 @@ def create_app(
                 rate_limiter=RateLimiter(),
                 idempotency=IdempotencyStore(the_store, settings.idempotency_ttl_s),
                 guard=guard,
+                metrics=metrics,
                 sim=the_driver if isinstance(the_driver, SimulatedCarrier) else None,
                 links=links,
             )
@@ -243,6 +257,8 @@ def create_app(
             )
             engine.on_committed = worker.wake
             reconciler.on_committed = worker.wake
+            engine.add_listener(metrics.observe_call)
+            worker.on_attempt = metrics.callback_attempt
             svc.extras["worker"] = worker
             svc.extras["reconciler"] = reconciler
             svc.extras["lease"] = lease
@@ -349,20 +365,32 @@ def create_app(
         # EnvelopeMiddleware drops a trailing slash instead; a bare redirect has no envelope.
         redirect_slashes=False,
     )
-    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(
+        EnvelopeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics if settings.metrics_enabled else None,
+    )
     app.add_middleware(LegacyPathMiddleware)
-    app.include_router(health.router)
-    app.include_router(calls_routes.router)
-    app.include_router(callbacks_routes.router)
-    app.include_router(recordings_routes.router)
-    app.include_router(users_routes.router)
-    app.include_router(v2_calls_routes.router)
-    app.include_router(exophones_routes.router)
-    app.include_router(dashboard_routes.router)
-    app.include_router(v1_routes.router)
-    app.include_router(v2beta_routes.router)
+    routers = [
+        health.router,
+        calls_routes.router,
+        callbacks_routes.router,
+        recordings_routes.router,
+        users_routes.router,
+        v2_calls_routes.router,
+        exophones_routes.router,
+        dashboard_routes.router,
+        v1_routes.router,
+        v2beta_routes.router,
+    ]
+    if settings.metrics_enabled:
+        routers.append(metrics_routes.metrics_router(metrics, settings.metrics_token))
     if settings.driver == "sim":
-        app.include_router(sim_routes.router)
+        routers.append(sim_routes.router)
+    for router in routers:
+        app.include_router(router)
+    metrics.learn_routes([*app.router.routes, *(r for router in routers for r in router.routes)])
     openapi.install(app)
 
     def answer(request: Request, error: CallbridgeError) -> Response:

@@ -96,6 +96,11 @@ def _replayed_id(body: str) -> str:
 
 
 async def _create_call(request: Request, account: Account, body: bytes) -> EnvelopeResponse:
+    with services(request).metrics.admission(account.sid, "v3"):
+        return await _admit(request, account, body)
+
+
+async def _admit(request: Request, account: Account, body: bytes) -> EnvelopeResponse:
     svc = services(request)
     payload = parse_create_call(body)
     region = account.region

@@ -12,6 +12,7 @@ from callbridge.api.v1_dialect import error_response
 from callbridge.errors import CallbridgeError, InternalError, PayloadTooLarge, ValidationFailed
 from callbridge.ids import new_request_id
 from callbridge.logs import request_id_var
+from callbridge.metrics import Metrics
 
 log = logging.getLogger("callbridge.http")
 
@@ -24,9 +25,12 @@ class EnvelopeMiddleware:
     """Gives every request an id, bounds its body, and turns any escaped error into the
     Exotel envelope (500/1100 with no internals for unknown errors)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +118,9 @@ class EnvelopeMiddleware:
         await response({"type": "http"}, _empty_receive, send)
 
     def _log(self, scope: Scope, status: int | None, started: float) -> None:
+        elapsed_s = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe_request(scope, status, elapsed_s)
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -122,7 +129,7 @@ class EnvelopeMiddleware:
                 "method": scope["method"],
                 "path": scope.get("path"),
                 "status": status,
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+                "elapsed_ms": round(elapsed_s * 1000, 2),
             },
         )
 

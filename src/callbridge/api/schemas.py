@@ -281,10 +281,17 @@ def _text_problem(text: str, path: str) -> tuple[str, str] | None:
     return None
 
 
+_OBJECT_EXPECTED = frozenset({"model_type", "model_attributes_type", "dataclass_type", "dict_type"})
+"""Error types whose pydantic message names our schema class (`instance of CustomerIn`)."""
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """`from.contact_uri: Field required` — the first problem, naming the field."""
+    """`from.contact_uri: Field required` — the first problem, naming the field (never one
+    of our class names)."""
     first = exc.errors(include_url=False)[0]
     loc = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] in _OBJECT_EXPECTED:
+        return f"{loc}: must be a JSON object"
     return f"{loc}: {first['msg']}"
 
 

@@ -13,6 +13,7 @@ from callbridge.clock import Clock
 from callbridge.engine.core import CallEngine
 from callbridge.errors import ServiceUnavailable
 from callbridge.media.links import RecordingLinks, public_base_url
+from callbridge.metrics import Metrics
 from callbridge.settings import Settings
 from callbridge.store.accounts import Account
 from callbridge.store.repo import Store
@@ -33,6 +34,7 @@ class Services:
     rate_limiter: RateLimiter
     idempotency: IdempotencyStore
     guard: UrlGuard
+    metrics: Metrics
     sim: SimulatedCarrier | None = None
     links: RecordingLinks | None = None
     ready: bool = False

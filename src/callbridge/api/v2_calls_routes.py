@@ -196,8 +196,13 @@ def v2_view(
     body=V2CreateCallIn,
 )
 async def create_call(request: Request, account_sid: str) -> Response:
-    svc = services(request)
     account = await api_account(request, account_sid)
+    with services(request).metrics.admission(account.sid, "v2"):
+        return await _admit(request, account)
+
+
+async def _admit(request: Request, account: Account) -> Response:
+    svc = services(request)
     payload = parse_v2_create_call(await request.body())
     try:
         to_uri = normalise(payload.to.customer_contact_uri, account.region)

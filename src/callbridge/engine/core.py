@@ -337,6 +337,10 @@ class CallEngine:
     def active_calls(self) -> int:
         return len(self._runners)
 
+    @property
+    def active_legs(self) -> int:
+        return len(self._leg_owner)
+
     def on_leg_event(self, event: LegEvent) -> None:
         runner = self._leg_owner.get(event.leg_sid)
         if runner is None:

@@ -72,6 +72,8 @@ class MediaServices:
     finish_timeout_s: float = 15.0
     executor: Executor | None = None
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
+    on_stream: Callable[[StreamSession], None] | None = None
+    """Told of every stream session started (metrics)."""
 
     @classmethod
     def from_settings(
@@ -82,6 +84,7 @@ class MediaServices:
         url_guard: UrlGuard,
         stream_url_guard: UrlGuard | None = None,
         storage: RecordingStorage | None = None,
+        on_stream: Callable[[StreamSession], None] | None = None,
     ) -> MediaServices:
         return cls(
             http=http,
@@ -89,6 +92,7 @@ class MediaServices:
             stream_url_guard=stream_url_guard,
             storage=storage,
             max_download_bytes=settings.media_max_download_bytes,
+            on_stream=on_stream,
         )
 
 
@@ -349,6 +353,8 @@ class CallMediaSession:
             return
         self._stream = stream
         stream.start()
+        if self._services.on_stream is not None:
+            self._services.on_stream(stream)
         self._taps.append(await self._driver.tap(leg_sids, stream))
 
     async def _stream_addresses(self) -> Sequence[str]:

@@ -107,6 +107,7 @@ class StreamStats:
     connected: bool = False
     connect_attempts: int = 0
     media_sent: int = 0
+    bytes_sent: int = 0
     media_dropped: int = 0
     media_received: int = 0
     bytes_played: int = 0
@@ -404,6 +405,7 @@ class StreamSession:
                 }
                 await self._send(ws, "media", {"media": media})
                 self.stats.media_sent += 1
+                self.stats.bytes_sent += len(pcm)
             if self._stop_reason is not None:
                 stop = {"call_sid": self._call_sid, "account_sid": self._account_sid}
                 stop["reason"] = self._stop_reason

@@ -94,3 +94,18 @@ async def forget_finished_dead(conn: AsyncConnection) -> int:
 async def live_nodes(conn: AsyncConnection) -> list[str]:
     rows = await conn.execute(select(nodes.c.id).where(nodes.c.dead_at.is_(None)))
     return [r[0] for r in rows]
+
+
+async def lease_states(
+    conn: AsyncConnection, now: datetime, ttl_s: float
+) -> tuple[list[str], list[str]]:
+    """(live node ids, expired ones): expired = silent past the TTL or declared dead and not
+    yet forgotten (its calls are still being ended)."""
+    cutoff = now - timedelta(seconds=ttl_s)
+    live: list[str] = []
+    expired: list[str] = []
+    rows = await conn.execute(select(nodes.c.id, nodes.c.heartbeat_at, nodes.c.dead_at))
+    for node_id, beat, dead_at in rows:
+        fresh = dead_at is None and utc_required(beat) >= cutoff
+        (live if fresh else expired).append(node_id)
+    return live, expired

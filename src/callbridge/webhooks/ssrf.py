@@ -34,6 +34,11 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _FORBIDDEN_CHARS = re.compile(r"[\s\x00-\x1f\x7f\\]")
+PRIVATE_URLS_HINT = (
+    "the server allows such URLs only with CALLBRIDGE_ALLOW_PRIVATE_URLS=true"
+    " (--allow-private-urls)"
+)
+"""Appended to a refusal of a non-public address: how an operator allows it (local tests)."""
 
 
 class UnsafeUrl(ValueError):
@@ -159,7 +164,7 @@ def validate_syntax(
         if not allow_private:
             reason = non_public_reason(literal)
             if reason is not None:
-                raise UnsafeUrl(f"URL host is a non-public address ({reason})")
+                raise UnsafeUrl(f"URL host is a non-public address ({reason}); {PRIVATE_URLS_HINT}")
     return ParsedUrl(scheme, host, port or DEFAULT_PORTS.get(scheme, 0), literal)
 
 
@@ -212,7 +217,9 @@ class UrlGuard:
             if not self.allow_private:
                 reason = non_public_reason(ip)
                 if reason is not None:
-                    raise UnsafeUrl(f"URL host resolves to a non-public address ({reason})")
+                    raise UnsafeUrl(
+                        f"URL host resolves to a non-public address ({reason}); {PRIVATE_URLS_HINT}"
+                    )
             if str(ip) not in addresses:
                 addresses.append(str(ip))
         if not addresses:

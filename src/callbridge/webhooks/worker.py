@@ -107,6 +107,8 @@ class DeliveryWorker:
         self._closing = False
         self._stopped = asyncio.Event()
         self._attempts = self._delivered = self._retried = self._dead = 0
+        self.on_attempt: Callable[[str, float], None] | None = None
+        """Told each attempt's outcome and latency in seconds (metrics)."""
         self._claims = self._flushes = 0
 
     @classmethod
@@ -395,6 +397,8 @@ class DeliveryWorker:
                 action = "retry"
                 next_at = finished + timedelta(seconds=delay)
         self._attempts += 1
+        if self.on_attempt is not None:
+            self.on_attempt(action, result.latency_ms / 1000)
         log_extra = {
             "event_sid": row.event_sid,
             "call_sid": row.call_sid,
