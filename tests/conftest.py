@@ -20,6 +20,8 @@ from callbridge.store.repo import Store
 from callbridge.store.schema import upgrade_to_head
 from callbridge.store.tables import metadata
 
+from .webhooks.helpers import Receiver
+
 PG_URL = os.environ.get("CALLBRIDGE_TEST_DATABASE_URL")
 
 
@@ -94,6 +96,17 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP/1.1 server on 127.0.0.1 that records the callbacks it receives."""
+    r = Receiver()
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
 
 
 def basic(key: str, token: str) -> dict[str, str]:

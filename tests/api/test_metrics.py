@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,14 +31,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def clock() -> ManualClock:
     """Callback signatures carry the clock's time; receivers compare it with theirs."""
     return ManualClock(start=datetime.now(UTC))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def parse(text: str) -> Samples:

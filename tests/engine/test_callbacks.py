@@ -4,7 +4,6 @@ Exotel's shapes in all three encodings, in order, signed; the delivery log and r
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -24,14 +23,6 @@ from ..webhooks.helpers import Received, Receiver, Reply
 def clock() -> ManualClock:
     """Signatures carry the clock's time and receivers check it against theirs."""
     return ManualClock(start=datetime.now(UTC))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def assert_signed(secret: str, request: Received) -> None:

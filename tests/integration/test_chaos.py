@@ -69,14 +69,6 @@ def cluster_db(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def receiver() -> Any:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
 def stop_all(nodes: list[Server]) -> None:
     for node in nodes:
         node.kill()

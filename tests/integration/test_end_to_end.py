@@ -21,14 +21,6 @@ AGENT, CUSTOMER = "+919900000001", "+919800000001"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     config = tmp_path / "callbridge.toml"
     config.write_text(DEFAULT_CONFIG)

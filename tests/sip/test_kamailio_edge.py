@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,13 @@ from sqlalchemy import select
 from callbridge.clock import SystemClock
 from callbridge.config import apply_config, parse_config
 from callbridge.store.repo import Store
-from callbridge.store.schema import upgrade_to_head
 from callbridge.store.tables import calls, sip_bindings
 from tests.sip.conftest import sip_settings
 from tests.sip.kamailio import Kamailio, kamailio_path, start_kamailio
 from tests.sip.sipp import Sipp, free_port, start_sipp
 from tests.sip.support import ACCOUNT, AGENT_HZ, AUTH, CONFIG, CUSTOMER_HZ, EXOPHONE
 from tests.sip.test_sip_server import SipServer, alive
+from tests.users.servers import shared_database
 
 pytestmark = pytest.mark.sip
 
@@ -94,30 +93,12 @@ def _require(what: str, present: bool) -> None:
 
 
 @pytest.fixture
-def fresh_database() -> Iterator[str]:
+def fresh_database(tmp_path: Path) -> Iterator[str]:
     """A PostgreSQL database of this test's own, migrated, dropped afterwards."""
     _require("CALLBRIDGE_TEST_DATABASE_URL (PostgreSQL)", PG_URL is not None)
     _require("kamailio (Debian package kamailio)", kamailio_path() is not None)
-    assert PG_URL is not None
-    import asyncpg
-
-    admin_dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"cb_edge_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade_to_head(url)
+    with shared_database("postgresql", tmp_path) as url:
         yield url
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -38,14 +38,6 @@ pytestmark = pytest.mark.sip
 
 CALLBRIDGE = Path(sys.executable).parent / "callbridge"
 TRUNK_PASSWORD = "trunk-secret-4f1d"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 class SipServer:

@@ -5,7 +5,6 @@ event, and the four-field callback of a request that subscribes to no event."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,14 +24,6 @@ from .support import call_sid, connect, form_fields
 def clock() -> ManualClock:
     """Signatures carry the clock's time and receivers check it against theirs."""
     return ManualClock(start=datetime.now(UTC))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 @dataclass(frozen=True)

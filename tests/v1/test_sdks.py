@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -217,14 +217,6 @@ def test_bulk_call_details_list_what_the_sdks_placed(server: Server) -> None:
 
 
 # -- v1 callbacks, end to end --------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def test_v1_callbacks_reach_a_real_receiver_as_form_and_as_json(

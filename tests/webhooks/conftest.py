@@ -14,19 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from callbridge.store.tables import metadata
 
-from .helpers import Receiver, sqlite_engine
+from .helpers import sqlite_engine
 
 PG_URL_ENV = "CALLBRIDGE_TEST_DATABASE_URL"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,7 +4,6 @@ worker with its own key, and by a standalone worker only when it shares the sign
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,14 +32,6 @@ URL = f"{BASE}/v3/accounts/acme/recordings/{REC}.mp3"
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(start=datetime.now(UTC))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def _enqueue(engine: AsyncEngine, clock: ManualClock, url: str) -> None:
