@@ -116,6 +116,7 @@ async def _engine_phase(
 ) -> tuple[list[float], int, float]:
     """Real calls through the engine at `rate` calls/s, each with an answered and a terminal
     callback; latency = arrival at the receiver - the event's commit-time timestamp."""
+    from _lease import hold_lease
     from sqlalchemy import select
 
     from callbridge.clock import SystemClock
@@ -153,6 +154,7 @@ async def _engine_phase(
     engine = CallEngine(
         store=store, driver=sim, clock=clock, node_id="bench", on_committed=worker.wake
     )
+    lease = await hold_lease(engine, store, clock)
     await engine.start()
     task = asyncio.create_task(worker.run())
     options = CallOptions(
@@ -187,6 +189,7 @@ async def _engine_phase(
     await worker.stop()
     await task
     await engine.stop()
+    await lease.stop()
     _, arrivals = await _receiver_data(base)
     async with store.read() as conn:
         rows = (await conn.execute(select(outbox.c.event_sid, outbox.c.created_at))).all()

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _lease import hold_lease
+
 from callbridge.clock import SystemClock
 from callbridge.config import apply_config, parse_config
 from callbridge.domain.options import CallOptions
@@ -91,6 +93,7 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
         assert account is not None
         sim = SimulatedCarrier(clock)
         engine = CallEngine(store=store, driver=sim, clock=clock, node_id="bench-node")
+        lease = await hold_lease(engine, store, clock)
         await engine.start()
         gc_policy = GcPolicy()
         gc_policy.start()
@@ -161,8 +164,10 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
         all_lateness = probes + sim_lateness
 
         stop_started = time.perf_counter()
+        rejoins = lease.rejoins
         await engine.stop()
         await gc_policy.stop()
+        await lease.stop()
         stop_s = time.perf_counter() - stop_started
         await store.close()
 
@@ -181,7 +186,8 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
     )
     ratio = late_p99 / idle_p99 if idle_p99 > 0 else float("inf")
     print(f"lateness p99 vs idle baseline: {ratio:.1f}x; shutdown of all calls took {stop_s:.1f} s")
-    ok = held >= calls and rss_peak <= 1024 and late_p99 <= 50
+    print(f"node lease: {'kept' if rejoins == 0 else f'LOST {rejoins} time(s)'} under the load")
+    ok = held >= calls and rss_peak <= 1024 and late_p99 <= 50 and rejoins == 0
     print("goals met" if ok else "goals NOT met")
     return 0
 
