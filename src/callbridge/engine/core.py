@@ -263,9 +263,7 @@ class CallEngine:
 
     async def stop(self, reason: str = "shutdown") -> None:
         """End every call this node runs (agents are freed), then stop the driver."""
-        for runner in list(self._runners.values()):
-            runner.post(Shutdown(reason))
-        await self.settle()
+        await self.end_all_calls(reason)
         await self.driver.stop()
         await self.writer.stop()
 
