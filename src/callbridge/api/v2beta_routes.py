@@ -137,5 +137,5 @@ for _method in ANY_METHOD:
         operation_id=f"other_v2_beta_{_method.lower()}",
         response_class=Response,
         responses=NOT_SERVED,
-        summary="Other v2_beta endpoints: 404 (saying where ExoPhones are changed), else 404",
+        summary="Other v2_beta endpoints: 404 (ExoPhone changes name callbridge's own API)",
     )
