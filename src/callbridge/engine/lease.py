@@ -107,8 +107,11 @@ class NodeLease:
 
     def check_admitting(self) -> None:
         """Raise 503 unless this node may start a new call now."""
-        if not self.admitting:
+        if self.admitting:
+            return
+        if self.state is LeaseState.LOST:
             raise NodeNotLeased()
+        raise NodeNotLeased("this node cannot renew its lease on the database now; try again")
 
     def age_s(self) -> float:
         return self.clock.monotonic() - self.renewed_at
