@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     # Failed authentication: each client address, and each API key (except from addresses
     # that recently authenticated with it), may fail this often per window, then gets 429.
     auth_failure_window_s: float = Field(default=60.0, gt=0, le=86400)
-    auth_max_failures_per_address: int = Field(default=20, ge=1)
-    auth_max_failures_per_key: int = Field(default=50, ge=1)
+    auth_max_failures_per_address: int = Field(default=100, ge=1)
+    auth_max_failures_per_key: int = Field(default=200, ge=1)
 
     # Leases: a node renews its heartbeat every `heartbeat_interval_s`; a node silent for
     # `lease_ttl_s` is dead and its calls are ended and its busy marks freed by any survivor.

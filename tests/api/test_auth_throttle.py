@@ -26,6 +26,10 @@ from ..harness import ACCOUNT, KEY, TOKEN, Harness, running_app
 CALLS = f"/v3/accounts/{ACCOUNT}/calls?limit=1"
 WRONG = basic(KEY, "not-the-token")
 GOOD = basic(KEY, TOKEN)
+PER_ADDRESS = Settings().auth_max_failures_per_address
+PER_KEY = Settings().auth_max_failures_per_key
+ADDRESSES = 5
+"""Addresses that share the guessing of one key, each staying under its own limit."""
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ async def test_an_address_that_keeps_failing_gets_429_until_its_window_closes(
     app: Harness,
 ) -> None:
     async with app.client_at("203.0.113.7") as guesser:
-        for _ in range(20):
+        for _ in range(PER_ADDRESS):
             r = await guesser.get(CALLS, headers=WRONG)
             assert r.status_code == 401
         r = await guesser.get(CALLS, headers=WRONG)
@@ -58,7 +62,8 @@ async def test_an_address_that_keeps_failing_gets_429_until_its_window_closes(
         r = await guesser.get(CALLS, headers=GOOD)
         assert r.status_code == 429
         assert r.headers["Retry-After"] == "15"
-        # Other addresses are not held back.
+        # Other addresses are not held back: one address alone never reaches the key's limit.
+        assert PER_KEY > PER_ADDRESS + 1
         assert (await app.client.get(CALLS, headers=GOOD)).status_code == 200
         await app.clock.advance(15)
         r = await guesser.get(CALLS, headers=GOOD)
@@ -67,7 +72,7 @@ async def test_an_address_that_keeps_failing_gets_429_until_its_window_closes(
 
 async def test_missing_or_malformed_credentials_count_as_failures(app: Harness) -> None:
     async with app.client_at("203.0.113.8") as scanner:
-        for i in range(20):
+        for i in range(PER_ADDRESS):
             headers = {} if i % 2 else {"Authorization": "Basic !!!"}
             assert (await scanner.get(CALLS, headers=headers)).status_code == 401
         assert (await scanner.get(CALLS)).status_code == 429
@@ -76,7 +81,7 @@ async def test_missing_or_malformed_credentials_count_as_failures(app: Harness) 
 async def test_a_success_in_between_does_not_reset_an_addresses_failures(app: Harness) -> None:
     """Otherwise one valid account would let its owner guess at every other key forever."""
     async with app.client_at("203.0.113.9") as guesser:
-        for _ in range(19):
+        for _ in range(PER_ADDRESS - 1):
             assert (await guesser.get(CALLS, headers=WRONG)).status_code == 401
         assert (await guesser.get(CALLS, headers=GOOD)).status_code == 200
         assert (await guesser.get(CALLS, headers=WRONG)).status_code == 401
@@ -88,9 +93,10 @@ async def test_a_key_guessed_from_many_addresses_is_held_except_where_it_is_know
 ) -> None:
     async with app.client_at("198.51.100.1") as owner:
         assert (await owner.get(CALLS, headers=GOOD)).status_code == 200
-    for n in range(5):  # 5 addresses x 10 failures: no address is held, the key is
+    assert PER_KEY // ADDRESSES < PER_ADDRESS
+    for n in range(ADDRESSES):  # together they reach the key's limit; no address reaches its own
         async with app.client_at(f"192.0.2.{n + 1}") as guesser:
-            for _ in range(10):
+            for _ in range(PER_KEY // ADDRESSES):
                 assert (await guesser.get(CALLS, headers=WRONG)).status_code == 401
     async with app.client_at("192.0.2.99") as guesser:
         r = await guesser.get(CALLS, headers=WRONG)

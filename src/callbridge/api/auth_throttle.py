@@ -25,8 +25,8 @@ from callbridge.errors import TooManyRequests
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
     window_s: float = 60.0
-    max_failures_per_address: int = 20
-    max_failures_per_key: int = 50
+    max_failures_per_address: int = 100
+    max_failures_per_key: int = 200
     known_good_s: float = 24 * 3600.0
     max_entries: int = 10_000
     """Per table (addresses, keys, known-good pairs)."""
