@@ -10,10 +10,11 @@ looks, and run one full collection over everything at a long, configurable inter
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
+
+from callbridge.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,7 @@ class GcPolicy:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         gc.unfreeze()
 
     async def _run(self) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..harness import DEFAULT_CONFIG
 from ..media.support import Bot
-from ..users.servers import Server, basic, set_phone
+from ..users.servers import Server, basic, demo_server, set_phone
 from ..webhooks.helpers import Receiver
 
 AUTH = basic("k_live_1", "t_live_1")
@@ -31,21 +30,8 @@ GUESSED_TOKEN = "guess-tok-7777"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    config = tmp_path / "callbridge.toml"
-    config.write_text(DEFAULT_CONFIG)
-    proc = Server(
-        "debug",
-        f"sqlite+aiosqlite:///{tmp_path / 'debug.db'}",
-        tmp_path,
-        config=config,
-        env={"CALLBRIDGE_LOG_LEVEL": "DEBUG"},
-    )
-    proc.start()
-    try:
-        await proc.wait_ready()
+    async with demo_server("debug", tmp_path, env={"CALLBRIDGE_LOG_LEVEL": "DEBUG"}) as proc:
         yield proc
-    finally:
-        proc.kill(15)
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:

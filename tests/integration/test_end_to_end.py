@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..harness import DEFAULT_CONFIG
-from ..users.servers import Server, basic, set_phone
+from ..users.servers import Server, basic, demo_server, set_phone
 from ..webhooks.helpers import Receiver
 
 AUTH = basic("k_live_1", "t_live_1")
@@ -22,21 +21,8 @@ AGENT, CUSTOMER = "+919900000001", "+919800000001"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    config = tmp_path / "callbridge.toml"
-    config.write_text(DEFAULT_CONFIG)
-    proc = Server(
-        "e2e",
-        f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}",
-        tmp_path,
-        config=config,
-        env={"CALLBRIDGE_LOG_LEVEL": "INFO"},
-    )
-    proc.start()
-    try:
-        await proc.wait_ready()
+    async with demo_server("e2e", tmp_path, env={"CALLBRIDGE_LOG_LEVEL": "INFO"}) as proc:
         yield proc
-    finally:
-        proc.kill(15)
 
 
 async def wait_terminal(client: httpx.AsyncClient, url: str, timeout_s: float = 20) -> dict:

@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..harness import DEFAULT_CONFIG
-from ..users.servers import Server, basic, free_port, set_phone
+from ..users.servers import Server, basic, demo_server, free_port, set_phone
 
 CALLBRIDGE = Path(sys.executable).parent / "callbridge"
 AUTH = basic("k_live_1", "t_live_1")
@@ -26,15 +25,8 @@ AGENT, CUSTOMER, EXOPHONE = "+919900000001", "+919800000001", "+912241499102"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    config = tmp_path / "callbridge.toml"
-    config.write_text(DEFAULT_CONFIG)
-    proc = Server("listened", f"sqlite+aiosqlite:///{tmp_path / 'cb.db'}", tmp_path, config=config)
-    proc.start()
-    try:
-        await proc.wait_ready()
+    async with demo_server("listened", tmp_path) as proc:
         yield proc
-    finally:
-        proc.kill(signal.SIGTERM)
 
 
 def start_listener(port: int, secret: str, log: Path) -> subprocess.Popen[bytes]:

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +23,7 @@ import httpx
 from callbridge.store.schema import upgrade_to_head
 
 from ..conftest import PG_URL, basic
+from ..harness import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBRIDGE = Path(sys.executable).parent / "callbridge"
@@ -143,6 +144,25 @@ class Server:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+@asynccontextmanager
+async def demo_server(
+    name: str, workdir: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """One ready server on its own SQLite file with the harness's demo config, stopped with
+    SIGTERM (a clean shutdown) when the block ends."""
+    config = workdir / "callbridge.toml"
+    config.write_text(DEFAULT_CONFIG)
+    server = Server(
+        name, f"sqlite+aiosqlite:///{workdir / f'{name}.db'}", workdir, config=config, env=env
+    )
+    server.start()
+    try:
+        await server.wait_ready()
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
 
 
 def path_uri(uri: str) -> str:

@@ -65,6 +65,7 @@ from callbridge.registrar.server import start_registrar
 from callbridge.settings import Settings
 from callbridge.store.repo import Store, describe_db_error
 from callbridge.store.schema import ensure_schema
+from callbridge.tasks import cancel_and_wait
 from callbridge.telephony.base import TelephonyDriver
 from callbridge.telephony.sim import SimulatedCarrier
 from callbridge.webhooks.ssrf import WS_SCHEMES, PinnedTransport, UrlGuard
@@ -347,10 +348,7 @@ def create_app(
         try:
             yield
         finally:
-            if retry is not None:
-                retry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retry
+            await cancel_and_wait(retry)
             for stop in stopper:
                 await stop()
             if owns_store:

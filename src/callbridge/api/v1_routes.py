@@ -27,12 +27,11 @@ from callbridge.api.v1_listing import (
     page_metadata,
 )
 from callbridge.api.v1_schemas import (
-    ANY_METHOD,
-    NOT_SERVED,
     V1_ERRORS,
     XML_BODY,
     V1CallList,
     V1CallResponse,
+    add_catch_all,
 )
 from callbridge.domain.options import CallOptions
 from callbridge.domain.v1_views import v1_call
@@ -298,14 +297,9 @@ async def other_v1(request: Request, account_sid: str, rest: str) -> Response:
     raise NotFound(f"no such v1 resource: {request.url.path[:128]}")
 
 
-for _method in ANY_METHOD:
-    # One route per method, so each has its own operation in the OpenAPI document.
-    router.add_api_route(
-        "/v1/Accounts/{account_sid}/{rest:path}",
-        other_v1,
-        methods=[_method],
-        operation_id=f"other_v1_{_method.lower()}",
-        response_class=Response,
-        responses=NOT_SERVED,
-        summary="Other v1 endpoints: 404, saying so for Exotel's that callbridge does not provide",
-    )
+add_catch_all(
+    router,
+    "/v1/Accounts/{account_sid}/{rest:path}",
+    other_v1,
+    summary="Other v1 endpoints: 404, saying so for Exotel's that callbridge does not provide",
+)

@@ -3,7 +3,12 @@ build their bodies with `domain/v1_views.py` and answer them as they are."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
 from pydantic import BaseModel
+from starlette.responses import Response
 
 
 class V1Leg(BaseModel):
@@ -114,3 +119,20 @@ NOT_SERVED: dict[int | str, dict[str, object]] = {
     status: {"model": V1RestException, "description": "RestException"} for status in (404, 405)
 }
 ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def add_catch_all(
+    router: APIRouter, path: str, endpoint: Callable[..., Any], *, summary: str
+) -> None:
+    """Routes `path` to `endpoint` for every method, one route per method so that each has its
+    own operation in the OpenAPI document, answering a documented RestException."""
+    for method in ANY_METHOD:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            operation_id=f"{endpoint.__name__}_{method.lower()}",
+            response_class=Response,
+            responses=NOT_SERVED,
+            summary=summary,
+        )

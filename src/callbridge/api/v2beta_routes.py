@@ -14,11 +14,10 @@ from callbridge.api.exophones_routes import find_phone
 from callbridge.api.services import services, v1_account
 from callbridge.api.v1_dialect import legacy_response
 from callbridge.api.v1_schemas import (
-    ANY_METHOD,
-    NOT_SERVED,
     V1_ERRORS,
     IncomingPhoneNumber,
     IncomingPhoneNumberList,
+    add_catch_all,
 )
 from callbridge.domain.v1_views import format_v1_time
 from callbridge.errors import NotFound, NotProvided
@@ -57,7 +56,21 @@ Page = Annotated[int, Query(alias="Page", ge=0, le=1_000_000)]
 PageSize = Annotated[int, Query(alias="PageSize", ge=1, le=MAX_PAGE_SIZE)]
 
 
-async def _list(request: Request, account: Account, page: int, page_size: int) -> Response:
+@router.get(
+    "/v2_beta/Accounts/{account_sid}/IncomingPhoneNumbers",
+    response_model=IncomingPhoneNumberList,
+    responses=V1_ERRORS,
+    summary="List the account's ExoPhones",
+)
+@router.get(
+    "/v2_beta/Accounts/{account_sid}/IncomingPhoneNumbers.json",
+    response_model=IncomingPhoneNumberList,
+    responses=V1_ERRORS,
+    summary="List the account's ExoPhones (.json)",
+)
+async def list_numbers(
+    request: Request, account: V1Account, page: Page = 0, page_size: PageSize = 50
+) -> Response:
     svc = services(request)
     async with svc.store.read() as conn:
         phones, total = await flow_store.list_exophones(
@@ -77,30 +90,6 @@ async def _list(request: Request, account: Account, page: int, page_size: int) -
         "incoming_phone_numbers": [_phone(p, account) for p in phones],
     }
     return legacy_response(body, as_json=True)
-
-
-@router.get(
-    "/v2_beta/Accounts/{account_sid}/IncomingPhoneNumbers",
-    response_model=IncomingPhoneNumberList,
-    responses=V1_ERRORS,
-    summary="List the account's ExoPhones",
-)
-async def list_numbers(
-    request: Request, account: V1Account, page: Page = 0, page_size: PageSize = 50
-) -> Response:
-    return await _list(request, account, page, page_size)
-
-
-@router.get(
-    "/v2_beta/Accounts/{account_sid}/IncomingPhoneNumbers.json",
-    response_model=IncomingPhoneNumberList,
-    responses=V1_ERRORS,
-    summary="List the account's ExoPhones (.json)",
-)
-async def list_numbers_json(
-    request: Request, account: V1Account, page: Page = 0, page_size: PageSize = 50
-) -> Response:
-    return await _list(request, account, page, page_size)
 
 
 @router.get(
@@ -129,13 +118,9 @@ async def other_v2_beta(request: Request, account_sid: str, rest: str) -> Respon
     raise NotFound(f"no such v2_beta resource: {request.url.path[:128]}")
 
 
-for _method in ANY_METHOD:
-    router.add_api_route(
-        "/v2_beta/Accounts/{account_sid}/{rest:path}",
-        other_v2_beta,
-        methods=[_method],
-        operation_id=f"other_v2_beta_{_method.lower()}",
-        response_class=Response,
-        responses=NOT_SERVED,
-        summary="Other v2_beta endpoints: 404 (ExoPhone changes name callbridge's own API)",
-    )
+add_catch_all(
+    router,
+    "/v2_beta/Accounts/{account_sid}/{rest:path}",
+    other_v2_beta,
+    summary="Other v2_beta endpoints: 404 (ExoPhone changes name callbridge's own API)",
+)

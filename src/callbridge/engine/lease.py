@@ -24,6 +24,7 @@ from callbridge.clock import Clock
 from callbridge.errors import NodeNotLeased
 from callbridge.store import nodes as node_store
 from callbridge.store.repo import Store, describe_db_error
+from callbridge.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,7 @@ class NodeLease:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             async with self.store.tx() as conn:
                 await node_store.remove_node(conn, self.node_id)

@@ -13,7 +13,6 @@ node's last heartbeat. The node's own lease is kept by `engine/lease.py`, on its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,6 +40,7 @@ from callbridge.store import outbox as outbox_store
 from callbridge.store.bulk import update_rows
 from callbridge.store.repo import Store
 from callbridge.store.tables import legs as legs_table
+from callbridge.tasks import cancel_and_wait
 
 from .lease import NodeLease
 from .writes import LEG_UPDATE_COLUMNS, leg_update_row
@@ -130,10 +130,7 @@ class Reconciler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

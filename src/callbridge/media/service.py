@@ -29,6 +29,7 @@ from callbridge.media.storage import (
 from callbridge.settings import Settings
 from callbridge.store.repo import Store
 from callbridge.store.tables import recordings
+from callbridge.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +182,7 @@ class RecordingService:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _sweep(self) -> None:
         while True:

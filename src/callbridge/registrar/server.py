@@ -16,6 +16,7 @@ from callbridge.registrar.message import MAX_MESSAGE_BYTES
 from callbridge.settings import Settings
 from callbridge.store import registrations as reg_store
 from callbridge.store.repo import Store
+from callbridge.tasks import cancel_and_wait
 from callbridge.telephony.sip_uri import SipTargetError
 
 log = logging.getLogger("callbridge.registrar")
@@ -123,10 +124,7 @@ class Registrar:
         self._port = port
 
     async def stop(self) -> None:
-        if self._purge is not None:
-            self._purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purge
+        await cancel_and_wait(self._purge)
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         if self._tcp is not None:
