@@ -98,37 +98,16 @@ def parse_request(data: bytes) -> SipRequest:
 
 def split_values(value: str) -> list[str]:
     """Split a header value on commas that are outside quotes and angle brackets."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    depth = 0
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif not quoted and ch == "<":
-            depth += 1
-        elif not quoted and ch == ">":
-            depth = max(0, depth - 1)
-        elif ch == "," and not quoted and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    tail = "".join(current).strip()
-    if tail:
-        parts.append(tail)
-    return [p for p in parts if p]
+    return [p.strip() for p in _split_unquoted(value, ",", brackets=True) if p.strip()]
 
 
 def parse_params(text: str) -> dict[str, str]:
     """`;a=1;b="x y";lr` (or `a=1, b="x"` in an auth header) as a dict, names lower-cased,
     quotes removed; a bare name maps to ""."""
     params: dict[str, str] = {}
-    for piece in _split_params(text):
+    for piece in _split_unquoted(text, ";,", brackets=False):
+        if not piece.strip():
+            continue
         match = _PARAM_RE.fullmatch(piece)
         if match is None:
             raise SipParseError("malformed parameter")
@@ -139,10 +118,13 @@ def parse_params(text: str) -> dict[str, str]:
     return params
 
 
-def _split_params(text: str) -> list[str]:
+def _split_unquoted(text: str, separators: str, *, brackets: bool) -> list[str]:
+    """`text` split on `separators` outside double quotes (and, with `brackets`, outside
+    angle brackets); pieces are returned as they are, empty ones included."""
     pieces: list[str] = []
     current: list[str] = []
     quoted = escaped = False
+    depth = 0
     for ch in text:
         if escaped:
             escaped = False
@@ -150,13 +132,17 @@ def _split_params(text: str) -> list[str]:
             escaped = True
         elif ch == '"':
             quoted = not quoted
-        elif ch in ";," and not quoted:
+        elif brackets and not quoted and ch == "<":
+            depth += 1
+        elif brackets and not quoted and ch == ">":
+            depth = max(0, depth - 1)
+        elif ch in separators and not quoted and depth == 0:
             pieces.append("".join(current))
             current = []
             continue
         current.append(ch)
     pieces.append("".join(current))
-    return [p for p in pieces if p.strip()]
+    return pieces
 
 
 @dataclass(frozen=True, slots=True)
