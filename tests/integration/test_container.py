@@ -6,7 +6,6 @@ database and serves a call to its end."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -14,8 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +25,11 @@ from sqlalchemy.engine import make_url
 from callbridge.cli import build_parser
 from callbridge.settings import Settings
 
-from ..conftest import PG_URL, basic
-from ..users.servers import ROOT, free_port
+from ..conftest import PG_URL
+from ..users.servers import ROOT, free_port, shared_database
+from .standalone import call_to_the_end, wait_ready
 
 CALLBRIDGE = Path(sys.executable).parent / "callbridge"
-AUTH = basic("demo_key", "demo_token")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -145,27 +142,12 @@ def test_compose_wires_callbridge_to_its_postgresql() -> None:
 
 
 @pytest.fixture
-def fresh_postgres() -> Iterator[str]:
+def fresh_postgres(tmp_path: Path) -> Iterator[str]:
     """An empty PostgreSQL database (not migrated: the start-up sequence does that)."""
     if PG_URL is None:
         pytest.skip("needs CALLBRIDGE_TEST_DATABASE_URL")
-    import asyncpg
-
-    admin = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"cb_compose_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with shared_database("postgresql", tmp_path, migrated=False) as url:
+        yield url
 
 
 def container_env(database_url: str, data_dir: Path, port: int) -> dict[str, str]:
@@ -186,47 +168,25 @@ def container_env(database_url: str, data_dir: Path, port: int) -> dict[str, str
     return clean | env
 
 
-async def test_the_start_up_sequence_serves_a_call_on_a_fresh_database(
+def test_the_start_up_sequence_serves_a_call_on_a_fresh_database(
     tmp_path: Path, fresh_postgres: str
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
     port = free_port()
     env = container_env(fresh_postgres, data, port)
-    migrate = await asyncio.to_thread(
-        run, [str(CALLBRIDGE), *compose()["services"]["migrate"]["command"]], data, env
-    )
+    migrate = run([str(CALLBRIDGE), *compose()["services"]["migrate"]["command"]], data, env)
     assert migrate.returncode == 0, migrate.stderr
     assert migrate.stdout.strip() == "database is up to date"
 
     log = tmp_path / "serve.log"
     server = start(["callbridge", *image_command()[1:]], data, env, log)
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            await _wait_ready(client, server, log)
-            probe = await asyncio.to_thread(
-                run, [sys.executable, *_healthcheck_command()[1:]], data, env
-            )
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            wait_ready(client, server, log)
+            probe = run([sys.executable, *_healthcheck_command()[1:]], data, env)
             assert probe.returncode == 0, probe.stderr
-            customer = "%2B919800000001"
-            r = await client.put(
-                f"/sim/v1/numbers/{customer}", json={"hangup_after": 1}, headers=AUTH
-            )
-            assert r.status_code == 200, r.text
-            r = await client.post(
-                "/v3/accounts/demo/calls",
-                json={
-                    "from": {"contact_uri": "+919900000001"},
-                    "to": {"contact_uri": "+919800000001"},
-                    "virtual_number": "+912241499102",
-                },
-                headers=AUTH,
-            )
-            assert r.status_code == 200, r.text
-            sid = r.json()["response"]["call_details"]["sid"]
-            details = await _wait_terminal(client, sid)
-            assert details["status"] == "completed"
+            assert call_to_the_end(client)["status"] == "completed"
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
@@ -245,38 +205,8 @@ def start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subproc
         )
 
 
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
-
-
 def _healthcheck_command() -> list[str]:
     health = one(dockerfile(), "HEALTHCHECK")
     command: list[str] = json.loads(health.split("CMD", 1)[1])
     assert command[0] == "python"
     return command
-
-
-async def _wait_ready(
-    client: httpx.AsyncClient, server: subprocess.Popen[bytes], log: Path
-) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, tail(log)
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not ready: {tail(log)}")
-
-
-async def _wait_terminal(client: httpx.AsyncClient, sid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        r = await client.get(f"/v3/accounts/demo/calls/{sid}", headers=AUTH)
-        details: dict[str, Any] = r.json()["response"]["call_details"]
-        if details["state"] == "terminal":
-            return details
-        await asyncio.sleep(0.2)
-    raise AssertionError("the call did not end")

@@ -9,21 +9,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..conftest import basic
 from ..users.servers import ROOT, free_port
+from .standalone import call_to_the_end, wait_ready
 
 pytestmark = pytest.mark.slow
 
-AUTH = basic("demo_key", "demo_token")
 BUILD_TIMEOUT_S = 300
 INSTALL_TIMEOUT_S = 600
 PACKAGED = {
@@ -127,41 +124,3 @@ def test_the_built_wheel_serves_a_call_from_a_fresh_virtualenv(tmp_path: Path) -
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, log.read_text()[-3000:]
-
-
-def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {log.read_text()[-3000:]}")
-
-
-def call_to_the_end(client: httpx.Client) -> dict[str, Any]:
-    r = client.put("/sim/v1/numbers/%2B919800000001", json={"hangup_after": 1}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    r = client.post(
-        "/v3/accounts/demo/calls",
-        json={
-            "from": {"contact_uri": "+919900000001"},
-            "to": {"contact_uri": "+919800000001"},
-            "virtual_number": "+912241499102",
-        },
-        headers=AUTH,
-    )
-    assert r.status_code == 200, r.text
-    sid = r.json()["response"]["call_details"]["sid"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        details: dict[str, Any] = client.get(f"/v3/accounts/demo/calls/{sid}", headers=AUTH).json()[
-            "response"
-        ]["call_details"]
-        if details["state"] == "terminal":
-            return details
-        time.sleep(0.2)
-    raise AssertionError("the call did not end")

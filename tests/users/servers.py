@@ -38,11 +38,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def shared_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A migrated database for the test alone, dropped afterwards (PostgreSQL)."""
+def shared_database(backend: str, tmp_path: Path, *, migrated: bool = True) -> Iterator[str]:
+    """A database for the test alone, migrated to head unless `migrated` is false, dropped
+    afterwards (PostgreSQL)."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-        upgrade_to_head(url)
+        if migrated:
+            upgrade_to_head(url)
         yield url
         return
     assert PG_URL is not None
@@ -61,7 +63,8 @@ def shared_database(backend: str, tmp_path: Path) -> Iterator[str]:
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
     url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        upgrade_to_head(url)
+        if migrated:
+            upgrade_to_head(url)
         yield url
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
