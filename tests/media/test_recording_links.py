@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -138,19 +137,6 @@ async def test_downloads_from_the_data_directory_honour_range(
     async with running_app(store, clock) as h:
         sid, _ = await _recorded_v1_call(h, receiver)
         await _ranges(h, _path((await h.call(sid))["recordings"][0]["url"]).split("?")[0])
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 async def test_downloads_from_s3_storage_honour_range(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest.mock import patch
@@ -95,19 +94,6 @@ def test_sigv4_matches_botocore() -> None:
     with patch("botocore.auth.get_current_datetime", return_value=when.replace(tzinfo=None)):
         signer.add_auth(request)
     assert ours["Authorization"] == request.headers["Authorization"]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 async def test_s3_storage_round_trip_and_purge(moto_endpoint: str) -> None:
