@@ -167,7 +167,6 @@ def create_app(
                 storage=build_storage(settings, media_http),
                 clock=the_clock,
                 signing_key=signing_key,
-                link_ttl_s=settings.recording_link_ttl_s,
                 retention_days=settings.recordings_retention_days,
             )
 

@@ -22,8 +22,6 @@ from callbridge.media.storage import (
     LocalRecordingStorage,
     RecordingStorage,
     S3RecordingStorage,
-    link_expiry,
-    sign_link,
     verify_link,
 )
 from callbridge.settings import Settings
@@ -60,14 +58,12 @@ class RecordingService:
         storage: RecordingStorage,
         clock: Clock,
         signing_key: bytes,
-        link_ttl_s: int,
         retention_days: int,
     ) -> None:
         self.store = store
         self.storage = storage
         self.clock = clock
         self._key = signing_key
-        self.link_ttl_s = link_ttl_s
         self.retention_days = retention_days
         self._task: asyncio.Task[None] | None = None
 
@@ -134,10 +130,6 @@ class RecordingService:
     ) -> bytes | None:
         """Bytes `start`..`end` (inclusive) of a recording whose size the caller checked."""
         return await self.storage.read_range(account_sid, recording_id, start, end)
-
-    def signed_query(self, recording_id: str) -> dict[str, str]:
-        expires = link_expiry(self.link_ttl_s)
-        return {"expires": str(expires), "signature": sign_link(recording_id, expires, self._key)}
 
     def link_is_valid(self, recording_id: str, expires: str, signature: str) -> bool:
         try:

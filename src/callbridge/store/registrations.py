@@ -177,10 +177,6 @@ async def unreachable_uris(
     return {r[0] for r in rows}
 
 
-async def clear_bindings(conn: AsyncConnection, device_id: str) -> None:
-    await conn.execute(delete(sip_bindings).where(sip_bindings.c.device_id == device_id))
-
-
 async def purge_expired(conn: AsyncConnection, now: datetime) -> int:
     result = await conn.execute(delete(sip_bindings).where(sip_bindings.c.expires_at <= now))
     return int(result.rowcount or 0)
