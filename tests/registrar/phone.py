@@ -64,6 +64,7 @@ class Phone:
     password: str
     port: int
     contact: str = ""
+    local_port: int = 0
     call_id: str = field(default_factory=lambda: secrets.token_hex(8))
     cseq: int = 0
     _transport: asyncio.DatagramTransport | None = None
@@ -75,8 +76,8 @@ class Phone:
             _Client, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", self.port)
         )
         self._transport, self._protocol = transport, protocol
-        local_port = transport.get_extra_info("sockname")[1]
-        self.contact = self.contact or f"sip:{self.user}@127.0.0.1:{local_port}"
+        self.local_port = transport.get_extra_info("sockname")[1]
+        self.contact = self.contact or f"sip:{self.user}@127.0.0.1:{self.local_port}"
         return self
 
     def close(self) -> None:

@@ -148,13 +148,19 @@ def engine(request: pytest.FixtureRequest) -> dict[str, Any]:
     return {"worker_python": wheel_python_or_skip()}
 
 
+def require(what: str, present: bool) -> None:
+    """Skips the test when `what` is missing, or fails it under CALLBRIDGE_REQUIRE_SIP=1 (CI)."""
+    if present:
+        return
+    if os.environ.get("CALLBRIDGE_REQUIRE_SIP") == "1":
+        pytest.fail(f"CALLBRIDGE_REQUIRE_SIP=1 but {what} is missing")
+    pytest.skip(f"needs {what}")
+
+
 def wheel_python_or_skip() -> str:
     python = wheel_python()
-    if python is None:
-        message = "no wheel venv: run `make pjsua2` (scripts/build_pjsua2.py --wheel-venv)"
-        if os.environ.get("CALLBRIDGE_REQUIRE_SIP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require("the wheel venv (`make pjsua2`, or build_pjsua2.py --wheel-venv)", python is not None)
+    assert python is not None
     return python
 
 

@@ -23,7 +23,7 @@ from callbridge.clock import SystemClock
 from callbridge.config import apply_config, parse_config
 from callbridge.store.repo import Store
 from callbridge.store.tables import calls, sip_bindings
-from tests.sip.conftest import sip_settings
+from tests.sip.conftest import require, sip_settings
 from tests.sip.kamailio import Kamailio, kamailio_path, start_kamailio
 from tests.sip.sipp import Sipp, free_port, start_sipp
 from tests.sip.support import ACCOUNT, AGENT_HZ, AUTH, CONFIG, CUSTOMER_HZ, EXOPHONE
@@ -84,19 +84,11 @@ flow = "Support"
 """
 
 
-def _require(what: str, present: bool) -> None:
-    if present:
-        return
-    if os.environ.get("CALLBRIDGE_REQUIRE_SIP") == "1":
-        pytest.fail(f"CALLBRIDGE_REQUIRE_SIP=1 but {what} is missing")
-    pytest.skip(f"needs {what}")
-
-
 @pytest.fixture
 def fresh_database(tmp_path: Path) -> Iterator[str]:
     """A PostgreSQL database of this test's own, migrated, dropped afterwards."""
-    _require("CALLBRIDGE_TEST_DATABASE_URL (PostgreSQL)", PG_URL is not None)
-    _require("kamailio (Debian package kamailio)", kamailio_path() is not None)
+    require("CALLBRIDGE_TEST_DATABASE_URL (PostgreSQL)", PG_URL is not None)
+    require("kamailio (Debian package kamailio)", kamailio_path() is not None)
     with shared_database("postgresql", tmp_path) as url:
         yield url
 

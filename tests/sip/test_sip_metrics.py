@@ -21,16 +21,16 @@ AGENT_HZ, CUSTOMER_HZ = 440.0, 660.0
 async def pool(app: SipApp) -> dict[str, float]:
     r = await app.client.get("/metrics")
     assert r.status_code == 200
-    wanted = {
-        "callbridge_driver_free_slots",
-        "callbridge_sip_workers_alive",
-        "callbridge_active_legs",
+    labels = {
+        "callbridge_driver_free_slots": {"driver": "sip"},
+        "callbridge_sip_workers_alive": {"driver": "sip"},
+        "callbridge_active_legs": {},
     }
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
         for sample in family.samples:
-            if sample.name in wanted:
-                assert sample.labels == ({"driver": "sip"} if sample.labels else {})
+            if sample.name in labels:
+                assert sample.labels == labels[sample.name], sample
                 found[sample.name] = sample.value
     return found
 

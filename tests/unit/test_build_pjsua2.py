@@ -13,6 +13,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.sip.conftest import require
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,8 +83,8 @@ def test_without_a_compiler_or_swig_the_wheel_is_installed_instead(tmp_path: Pat
 
 
 def test_the_venv_runs_the_cached_build_and_a_second_run_only_relinks_it() -> None:
-    if build.missing_tools():
-        pytest.skip(f"no {', '.join(build.missing_tools())}: this venv runs the wheel")
+    missing = build.missing_tools()
+    require(f"{', '.join(missing)} to build pjsua2 (this venv runs the wheel)", not missing)
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/build_pjsua2.py"), "--venv", sys.prefix],

@@ -204,7 +204,7 @@ class SipDriver:
         elif kind == "rec_done":
             entry = self._recordings.pop(message[1], None)
             if entry is not None:
-                entry[1].on_done(message[2], message[3], message[4])
+                entry[1].on_done(message[2], message[3])
 
     def _on_leg_event(
         self, leg_sid: str, kind: LegEventKind, reason: str | None, digits: str | None

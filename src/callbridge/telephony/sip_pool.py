@@ -28,14 +28,12 @@ from typing import Any
 
 from callbridge.settings import Settings
 from callbridge.telephony.base import DriverError
-from callbridge.telephony.sip_protocol import EngineInfo, WorkerConfig
+from callbridge.telephony.sip_protocol import ENGINE_MAX_CALLS, EngineInfo, WorkerConfig
 
 log = logging.getLogger("callbridge.sip")
 
 RESERVED_PER_CALL = 2
 """Slots a call keeps on its worker from admission, so both its legs always fit."""
-ENGINE_MAX_CALLS = 1024
-"""Calls a worker asks of pjsua when nothing lowers it; the engine's build caps it."""
 
 MessageHandler = Callable[["WorkerHandle", tuple[Any, ...]], None]
 """Takes a worker's call event (`leg`, `gone`, `incoming`, `audio`) on the event loop."""
@@ -50,7 +48,6 @@ class WorkerHandle:
     generation: int = 0
     process: subprocess.Popen[bytes] | None = None
     conn: Connection | None = None
-    max_calls: int = 0
     engine: EngineInfo | None = None
     alive: bool = False
     started_at: float = 0.0
@@ -62,6 +59,11 @@ class WorkerHandle:
     sender: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sip-send")
     )
+
+    @property
+    def max_calls(self) -> int:
+        """Calls its engine holds, as the worker reported it (0 before it is ready)."""
+        return self.engine.max_calls if self.engine is not None else 0
 
     def free_slots(self) -> int:
         if not self.alive:
@@ -215,7 +217,6 @@ class WorkerPool:
         except TimeoutError as exc:
             raise DriverError(f"SIP worker {worker.index} did not become ready") from exc
         worker.engine = engine
-        worker.max_calls = engine.max_calls
         worker.alive = True
         log.info(
             "sip worker %d up pid=%s port=%d engine: %s; open files %d",

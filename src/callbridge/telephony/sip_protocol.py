@@ -7,7 +7,7 @@ Parent → worker: `(req_id, op, args)`; every request gets a `("reply", req_id,
 `("leg", leg_sid, kind, reason, digits)`, `("gone", leg_sid)` (the call slot is free),
 `("incoming", leg_sid, from_uri, to_uri)`, `("audio", tap_id, leg_sid, frame)`,
 `("rec_data", rec_id, mp3_bytes, frames)` (MP3 encoded so far, `frames` 20 ms frames in
-total) and `("rec_done", rec_id, frames, dropped_frames, encode_speed_x)`.
+total) and `("rec_done", rec_id, frames, encode_speed_x)`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_STUN_PORT = 3478
+
+
+ENGINE_MAX_CALLS = 1024
+"""Calls a worker asks of pjsua when nothing lowers it; the engine's build caps it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +36,7 @@ class WorkerConfig:
     """Address written into Contact/Via and SDP instead of `bind_host` (1:1 NAT)."""
     stun_servers: tuple[str, ...] = ()
     """`host[:port]` of STUN servers that tell the worker its public address and ports."""
-    requested_max_calls: int = 1024
+    requested_max_calls: int = ENGINE_MAX_CALLS
     """Asked of pjsua; the build silently lowers it and the worker reports the real figure."""
     poll_ms: int = 5
     ring_margin_s: float = 5.0

@@ -156,14 +156,14 @@ class RecordingEncoder:
                     self._jobs[rec_id] = RecordingJob(paths, fmt)
                 except Exception:
                     log.exception("recording %d could not start", rec_id)
-                    self._emit(("rec_done", rec_id, 0, 0, 0.0))
+                    self._emit(("rec_done", rec_id, 0, 0.0))
             elif op == "finish":
                 finished = self._jobs.pop(rec_id, None)
                 if finished is not None:
                     self._pump(rec_id, finished, final=True)
                     finished.close()
                     speed = finished.encoder.speed_x
-                    self._emit(("rec_done", rec_id, finished.frames, 0, speed))
+                    self._emit(("rec_done", rec_id, finished.frames, speed))
         for job in self._jobs.values():
             job.close()
         self._jobs.clear()
@@ -197,9 +197,7 @@ class SipRecording:
         self._finish_timeout_s = finish_timeout_s
         self._chunks: list[bytes] = []
         self._frames = 0
-        self._done: asyncio.Future[tuple[int, int, float]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._done: asyncio.Future[tuple[int, float]] = asyncio.get_running_loop().create_future()
         self._stopping = False
         self._result: RecordingResult | None = None
 
@@ -213,15 +211,15 @@ class SipRecording:
             self._chunks.append(mp3)
             self._frames = frames
 
-    def on_done(self, frames: int, dropped: int, speed_x: float) -> None:
+    def on_done(self, frames: int, speed_x: float) -> None:
         if not self._done.done():
-            self._done.set_result((frames, dropped, speed_x))
+            self._done.set_result((frames, speed_x))
 
     def on_lost(self, reason: str) -> None:
         """The worker is gone: keep what arrived (whole MP3 frames, up to its last flush)."""
         if not self._done.done():
             log.warning("recording cut short: %s (%d frames kept)", reason, self._frames)
-            self._done.set_result((self._frames, 0, 0.0))
+            self._done.set_result((self._frames, 0.0))
 
     async def finish(self) -> RecordingResult:
         if self._result is not None:
@@ -234,16 +232,15 @@ class SipRecording:
                 self.on_lost(str(exc))
         try:
             async with asyncio.timeout(self._finish_timeout_s):
-                frames, dropped, speed_x = await asyncio.shield(self._done)
+                frames, speed_x = await asyncio.shield(self._done)
         except TimeoutError:
             self.on_lost("the worker did not finish the recording in time")
-            frames, dropped, speed_x = self._done.result()
+            frames, speed_x = self._done.result()
         self._result = RecordingResult(
             mp3_bytes=b"".join(self._chunks),
             duration_s=round(frames * FRAME_MS / 1000, 3),
             channels=self.channels,
             format=self.format,
-            dropped_frames=dropped,
             encode_speed_x=speed_x,
         )
         return self._result
