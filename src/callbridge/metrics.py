@@ -159,9 +159,13 @@ class Metrics:
 
     def observe_request(self, scope: Scope, status: int | None, elapsed_s: float) -> None:
         """Count one finished request by method, route template and status. The template, not
-        the path, so labels cannot grow with sids; `unmatched` when no route took it."""
+        the path, so labels cannot grow with sids; `unmatched` when no route took it. The
+        matched route names it (one handler may serve several paths); the endpoint's learnt
+        template is the fallback."""
         method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
-        route = self._templates.get(scope.get("endpoint"), "unmatched")
+        route = getattr(scope.get("route"), "path", None)
+        if not isinstance(route, str):
+            route = self._templates.get(scope.get("endpoint"), "unmatched")
         key = (method, route, status or 0)
         child = self._request_series.get(key)
         if child is None:

@@ -142,12 +142,21 @@ async def test_labels_carry_templates_and_codes_never_sids_or_numbers(
         await h.client.get(f"/v3/accounts/{ACCOUNT}/calls/{sid}", headers=h.auth)
         await h.client.get(f"/v3/accounts/{ACCOUNT}/calls/{'f' * 32}/legs", headers=h.auth)
         await h.client.get("/no/such/path/" + sid)
+        # One handler serves both of these paths: each request is labelled with its own.
+        numbers = f"/v2_beta/Accounts/{ACCOUNT}/IncomingPhoneNumbers"
+        for path in (numbers, numbers + ".json", numbers + ".json"):
+            assert (await h.client.get(path, headers=h.auth)).status_code == 200
         await h.client.request("BREW", "/metrics")
         await h.advance(30)
-        text = (await h.client.get("/metrics")).text
-        labels = {v for (_, pairs) in parse(text) for (_, v) in pairs}
+        samples = parse((await h.client.get("/metrics")).text)
+        labels = {v for (_, pairs) in samples for (_, v) in pairs}
     assert "/v3/accounts/{account_sid}/calls/{call_sid}" in labels
     assert "/v3/accounts/{account_sid}/calls/{call_sid}/legs" in labels
+    numbers = "/v2_beta/Accounts/{account_sid}/IncomingPhoneNumbers"
+    requests = "callbridge_http_request_duration_seconds"
+    assert value(samples, f"{requests}_count", method="GET", route=numbers, status="200") == 1
+    json_route = numbers + ".json"
+    assert value(samples, f"{requests}_count", method="GET", route=json_route, status="200") == 2
     assert {"unmatched", "other"} <= labels
     assert not any(re.search(r"[0-9a-f]{32}", v) for v in labels), labels
     assert not any(AGENT in v or CUSTOMER in v or "+91" in v for v in labels), labels
