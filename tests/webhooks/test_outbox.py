@@ -236,15 +236,23 @@ async def test_gone_kills_pending_and_future_events_for_that_call_and_url(
     assert first.url == URL_A
     async with engine.begin() as conn:
         await record_outcomes(conn, [outcome(first, "gone", status=410)], node_id="n1")
-    later = await enqueue(engine, CallbackEvent.ANSWERED)
+    # A later event for both URLs (not terminal: a call has one terminal event per URL).
+    answered_both = (
+        StatusCallback(CallbackEvent.ANSWERED, URL_A),
+        StatusCallback(CallbackEvent.ANSWERED, URL_B, CallbackMethod.GET),
+    )
+    later = await enqueue(engine, CallbackEvent.ANSWERED, callbacks=answered_both)
     async with engine.connect() as conn:
         rows = [r.row for r in await list_deliveries(conn, "acme", "call1")]
     by_url = {(r.event_type, r.url, r.event_sid in later): r for r in rows}
+    assert len(by_url) == len(rows) == 5
     assert by_url[("answered", URL_A, False)].status is OutboxStatus.DEAD
     assert by_url[("terminal", URL_A, False)].last_error == GONE_FOLLOWER_ERROR
     assert by_url[("answered", URL_A, True)].status is OutboxStatus.DEAD
     assert by_url[("answered", URL_A, True)].last_error == GONE_FOLLOWER_ERROR
     assert by_url[("terminal", URL_B, False)].status is OutboxStatus.PENDING
+    assert by_url[("answered", URL_B, True)].status is OutboxStatus.PENDING
+    assert by_url[("answered", URL_B, True)].last_error is None
     # Another call to the same URL is unaffected.
     assert len(await enqueue(engine, CallbackEvent.TERMINAL, call_sid="call2")) == 2
     async with engine.connect() as conn:
