@@ -25,9 +25,9 @@ from callbridge.store.call_search import (
     CallSearch,
     Cursor,
     continue_from,
-    legs_of,
     search_calls,
 )
+from callbridge.store.calls import legs_of_calls
 from callbridge.store.repo import Store
 
 MAX_PAGE_SIZE = 100
@@ -192,7 +192,7 @@ async def list_page(
             # One more row than needed tells whether anything follows the page.
             limit = _BATCH if wanted is not None else page_size - len(items) + 1
             batch = await search_calls(conn, walk, limit)
-            found = await legs_of(conn, [call.sid for call in batch])
+            found = await legs_of_calls(conn, [call.sid for call in batch])
             for call in batch:
                 if len(items) == page_size:
                     break

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callbridge.domain.calls import Call, CallState, CallStatus, Leg
-from callbridge.store.calls import call_from_row, leg_from_row
-from callbridge.store.tables import calls, legs
+from callbridge.domain.calls import Call, CallState, CallStatus
+from callbridge.store.calls import call_from_row
+from callbridge.store.tables import calls
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR = re.compile(r"\A(\d{1,20})_([0-9A-Za-z]{1,64})\Z")
@@ -106,20 +105,6 @@ async def search_calls(conn: AsyncConnection, search: CallSearch, limit: int) ->
         query = query.order_by(calls.c.created_at.desc(), calls.c.sid.desc())
     rows = await conn.execute(query.limit(limit))
     return [call_from_row(r) for r in rows]
-
-
-async def legs_of(conn: AsyncConnection, call_sids: Sequence[str]) -> dict[str, list[Leg]]:
-    """Every leg of these calls, per call."""
-    found: dict[str, list[Leg]] = {sid: [] for sid in call_sids}
-    if not call_sids:
-        return found
-    rows = await conn.execute(
-        select(legs).where(legs.c.call_sid.in_(list(call_sids))).order_by(legs.c.seq)
-    )
-    for row in rows:
-        leg = leg_from_row(row)
-        found.setdefault(leg.call_sid, []).append(leg)
-    return found
 
 
 def continue_from(search: CallSearch, call: Call) -> CallSearch:
