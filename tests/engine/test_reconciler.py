@@ -151,3 +151,31 @@ async def test_a_call_taken_over_by_another_node_is_not_overwritten(
         await h.advance(5)
         details = await h.call(sid)
         assert (details["state"], details["status"]) == ("terminal", "to_leg_no_dial")
+
+
+async def test_a_dead_nodes_mark_stays_while_its_call_is_still_active(
+    store: Store, clock: ManualClock
+) -> None:
+    """Another reconciler may be ending the call (its batch locked, not yet committed): the
+    sweep of dead owners' marks must leave the agent busy until that writer ends the call."""
+    from sqlalchemy import update
+
+    from callbridge.store.tables import calls
+
+    async with running_app(store, clock) as h:
+        async with store.tx() as conn:
+            await node_store.register_node(conn, "ghost", clock.now() - timedelta(seconds=60), {})
+        sid = await orphan_call(store, clock, "ghost", AGENT, bridged=True)
+        async with store.tx() as conn:
+            declared = await node_store.declare_dead(
+                conn, now=clock.now(), ttl_s=8, except_node=h.services.node_id
+            )
+            assert declared == ["ghost"]
+            assert await busy_store.release_marks_of_dead_owners(conn) == []
+        async with store.tx() as conn:
+            await conn.execute(
+                update(calls).where(calls.c.sid == sid).values(state=CallState.TERMINAL.value)
+            )
+            assert await busy_store.release_marks_of_dead_owners(conn) == [("acme", AGENT)]
+        async with store.read() as conn:
+            assert (await conn.execute(select(busy_marks))).all() == []

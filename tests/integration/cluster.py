@@ -54,28 +54,28 @@ def make_nodes(names: Iterable[str], url: str, workdir: Path, env: dict[str, str
 
 
 class Db:
-    """Direct reads of the shared PostgreSQL database."""
+    """Direct reads of the shared PostgreSQL database (a small pool: callers may read at once)."""
 
     def __init__(self, url: str) -> None:
         self.dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-        self._conn: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
 
     async def __aenter__(self) -> Db:
-        self._conn = await asyncpg.connect(self.dsn)
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        assert self._conn is not None
-        result: list[asyncpg.Record] = await self._conn.fetch(sql, *args)
+        assert self._pool is not None
+        result: list[asyncpg.Record] = await self._pool.fetch(sql, *args)
         return result
 
     async def value(self, sql: str, *args: Any) -> Any:
-        assert self._conn is not None
-        return await self._conn.fetchval(sql, *args)
+        assert self._pool is not None
+        return await self._pool.fetchval(sql, *args)
 
     async def node_ids(self, pid: int) -> list[str]:
         """Every id a process has held (it gets a new one when it rejoins)."""

@@ -2,9 +2,11 @@
 guarantees would break:
 
 - three nodes; in every round one is killed -9 while it holds ≥ 100 calls in each phase (agent
-  ringing, customer ringing, bridged) and restarted at once; after ≥ 10 rounds no agent is busy,
-  every call is terminal, each call has exactly one terminal callback per URL, no agent was ever
-  on two live calls, and no live node was ever declared dead;
+  ringing, customer ringing, bridged) and restarted at once, while the survivors are asked, over
+  and over, to call some of its agents: each is refused busy until that agent's orphaned call
+  has ended, then admitted. After ≥ 10 rounds no agent is busy, every call is terminal, each
+  call has exactly one terminal callback per URL, no agent was ever on two live calls, and no
+  live node was ever declared dead;
 - a node restarting over 800 orphaned calls keeps its lease while they are ended: its new calls
   are never ended by the peer, and their agents stay busy;
 - a node frozen past its lease (SIGSTOP) is declared dead and its calls ended by the peer; when it
@@ -124,7 +126,55 @@ NODES = ("n1", "n2", "n3")
 ROUNDS = 10
 PER_PHASE = 100
 SURVIVOR_CALLS = 20
+RETAKEN_PER_PHASE = 10
+"""Agents of each phase the survivors are asked to call again as soon as the victim dies."""
+RETAKE_CUSTOMER = 1000
 CHAOS_ENV = lease_env(ttl_s=3.0, heartbeat_s=0.25, reconcile_s=0.5)
+
+
+async def retake_agents(
+    db: Db,
+    survivors: list[Server],
+    round_no: int,
+    agents: list[int],
+    callbacks: list[dict[str, str]],
+) -> list[str]:
+    """From the moment the victim dies, calls its `agents` through the survivors until each is
+    admitted. Until that agent's orphaned call has ended every answer must be busy (409/10706);
+    when one is admitted, the orphaned call must already be terminal. Returns the new calls."""
+
+    async def until_admitted(client: httpx.AsyncClient, i: int) -> str:
+        survivor = survivors[i % len(survivors)]
+        refused = 0
+        deadline = time.monotonic() + 60
+        while True:
+            r = await place(
+                client,
+                survivor,
+                agent(round_no, i),
+                customer(round_no, RETAKE_CUSTOMER + i),
+                callbacks,
+            )
+            if r.status_code == 200:
+                break
+            code = r.json()["response"]["error_data"]["code"]
+            assert (r.status_code, code) == (409, 10706), r.text
+            refused += 1
+            assert time.monotonic() < deadline, f"agent {agent(round_no, i)} never freed"
+            await asyncio.sleep(0.2)
+        sid: str = r.json()["response"]["call_details"]["sid"]
+        # The victim's call for this agent was live when it died, so the first ask was refused.
+        assert refused >= 1, agent(round_no, i)
+        others = await db.rows(
+            "SELECT sid, state FROM calls WHERE from_uri = $1 AND sid <> $2",
+            agent(round_no, i),
+            sid,
+        )
+        assert [r["state"] for r in others] == ["terminal"], (agent(round_no, i), others)
+        return sid
+
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        return list(await asyncio.gather(*(until_admitted(client, i) for i in agents)))
 
 
 async def test_three_nodes_killed_in_every_round_never_disagree(
@@ -170,11 +220,21 @@ async def test_three_nodes_killed_in_every_round_never_disagree(
                         for k, s in enumerate(survivors)
                         for j in range(SURVIVOR_CALLS)
                     }
-                    for s in survivors:
+                    retaken = [
+                        phase * PER_PHASE + j
+                        for phase in range(3)
+                        for j in range(RETAKEN_PER_PHASE)
+                    ]
+                    for k, s in enumerate(survivors):
                         await set_phones(
                             client,
                             s,
-                            [customer(round_no, i) for t, i in survivor_load if t is s],
+                            [customer(round_no, i) for t, i in survivor_load if t is s]
+                            + [
+                                customer(round_no, RETAKE_CUSTOMER + i)
+                                for i in retaken
+                                if i % len(survivors) == k
+                            ],
                             outcome="answer",
                             answer_after=0.5,
                             hangup_after=1.0,
@@ -201,6 +261,9 @@ async def test_three_nodes_killed_in_every_round_never_disagree(
                 victim.kill()
                 killed_ids.add(victim_id)
                 victim.start()
+                retaken_sids = await retake_agents(db, survivors, round_no, retaken, callbacks)
+                placed += retaken_sids
+                survivor_sids += retaken_sids
                 await victim.wait_ready()
             # The last rounds' survivors' calls end by themselves; the last victim's are ended by
             # the others once its lease runs out.

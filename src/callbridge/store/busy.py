@@ -9,9 +9,10 @@ from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callbridge.domain.calls import CallState
 from callbridge.store import users as user_store
 from callbridge.store.repo import is_unique_violation
-from callbridge.store.tables import busy_marks, devices, nodes, users
+from callbridge.store.tables import busy_marks, calls, devices, nodes, users
 
 
 class AlreadyBusy(Exception):
@@ -60,16 +61,22 @@ async def busy_uris(conn: AsyncConnection, account_sid: str, uris: Sequence[str]
 
 
 async def release_marks_of_dead_owners(conn: AsyncConnection) -> list[tuple[str, str]]:
-    """Delete marks whose owner node is unknown or declared dead; returns the pairs freed.
+    """Delete marks whose owner node is unknown or declared dead and whose call is no longer
+    active; returns the pairs freed.
 
-    One statement, so a node that registers meanwhile never loses a mark: it commits its own
-    node row before it can commit a mark."""
+    A mark whose call is still active stays: the writer that ends that call (fenced, on any
+    node) frees it in the same commit, so an agent is never admitted to a new call while the
+    dead node's call is still live in the database. One statement, so a node that registers
+    meanwhile never loses a mark: it commits its own node row before it can commit a mark."""
     owner_live = exists().where(
         and_(nodes.c.id == busy_marks.c.owner_node, nodes.c.dead_at.is_(None))
     )
+    call_active = exists().where(
+        and_(calls.c.sid == busy_marks.c.call_sid, calls.c.state == CallState.ACTIVE.value)
+    )
     result = await conn.execute(
         delete(busy_marks)
-        .where(~owner_live)
+        .where(~owner_live, ~call_active)
         .returning(busy_marks.c.account_sid, busy_marks.c.contact_uri)
     )
     return [(r[0], r[1]) for r in result]
