@@ -116,7 +116,7 @@ async def _engine_phase(
 ) -> tuple[list[float], int, float]:
     """Real calls through the engine at `rate` calls/s, each with an answered and a terminal
     callback; latency = arrival at the receiver - the event's commit-time timestamp."""
-    from _lease import hold_lease
+    from _lease import bench_lease, hold_lease
     from sqlalchemy import select
 
     from callbridge.clock import SystemClock
@@ -152,9 +152,13 @@ async def _engine_phase(
         guard=UrlGuard(True),
     )
     engine = CallEngine(
-        store=store, driver=sim, clock=clock, node_id="bench", on_committed=worker.wake
+        store=store,
+        driver=sim,
+        clock=clock,
+        lease=bench_lease(store, clock, "bench"),
+        on_committed=worker.wake,
     )
-    lease = await hold_lease(engine, store, clock)
+    lease = await hold_lease(engine)
     await engine.start()
     task = asyncio.create_task(worker.run())
     options = CallOptions(

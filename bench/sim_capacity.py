@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _lease import hold_lease
+from _lease import bench_lease, hold_lease
 
 from callbridge.clock import SystemClock
 from callbridge.config import apply_config, parse_config
@@ -92,8 +92,10 @@ async def main(calls: int, hold_s: float, churn_per_s: float) -> int:
             account = await account_store.get_account(conn, "bench")
         assert account is not None
         sim = SimulatedCarrier(clock)
-        engine = CallEngine(store=store, driver=sim, clock=clock, node_id="bench-node")
-        lease = await hold_lease(engine, store, clock)
+        engine = CallEngine(
+            store=store, driver=sim, clock=clock, lease=bench_lease(store, clock, "bench-node")
+        )
+        lease = await hold_lease(engine)
         await engine.start()
         gc_policy = GcPolicy()
         gc_policy.start()

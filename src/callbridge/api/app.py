@@ -203,11 +203,18 @@ def create_app(
                     ),
                 )
 
+            lease = NodeLease(
+                store=the_store,
+                clock=the_clock,
+                ttl_s=settings.lease_ttl_s,
+                interval_s=settings.heartbeat_interval_s,
+                node_id=the_node,
+            )
             engine = CallEngine(
                 store=the_store,
                 driver=the_driver,
                 clock=the_clock,
-                node_id=the_node,
+                lease=lease,
                 recording_url=recording_url,
                 media_factory=media_factory,
                 save_recordings=recordings.save,
@@ -237,15 +244,7 @@ def create_app(
             )
             svc_holder["svc"] = svc
             app.state.services = svc
-            lease = NodeLease(
-                store=the_store,
-                clock=the_clock,
-                ttl_s=settings.lease_ttl_s,
-                interval_s=settings.heartbeat_interval_s,
-                node_id=the_node,
-            )
             lease.on_lost = engine.end_all_calls
-            engine.lease = lease
             reconciler = Reconciler(
                 store=the_store,
                 clock=the_clock,

@@ -229,7 +229,7 @@ class CallEngine:
         store: Store,
         driver: TelephonyDriver,
         clock: Clock,
-        node_id: str,
+        lease: NodeLease,
         media_factory: MediaFactory | None = None,
         save_recordings: Callable[[Call, list[Any]], Any] | None = None,
         recording_url: Callable[[str, str], str] | None = None,
@@ -238,9 +238,8 @@ class CallEngine:
         self.store = store
         self.driver = driver
         self.clock = clock
-        self._node_id = node_id
-        self.lease: NodeLease | None = None
-        """When set, the node's lease: its id owns new calls and it must allow admissions."""
+        self.lease = lease
+        """The node's lease: its id owns new calls and it must allow admissions."""
         self.media_factory = media_factory
         self.save_recordings = save_recordings
         self.recording_url = recording_url
@@ -271,12 +270,11 @@ class CallEngine:
     def node_id(self) -> str:
         """The id that owns the calls this node starts now (it changes when the node rejoins
         after losing its lease)."""
-        return self.lease.node_id if self.lease is not None else self._node_id
+        return self.lease.node_id
 
     def check_admitting(self) -> None:
         """Raise 503 unless this node may start a new call now (see `engine/lease.py`)."""
-        if self.lease is not None:
-            self.lease.check_admitting()
+        self.lease.check_admitting()
 
     async def end_all_calls(self, reason: str) -> None:
         """End every call this node runs, hanging up their legs; the driver keeps running.
