@@ -9,6 +9,8 @@ class CallbridgeError(Exception):
     http_status: int = 500
     code: int = 1100
     description: str = "Internal Server Error"
+    retry_after_s: int | None = None
+    """When set, answers carry `Retry-After` with it (both the v3 envelope and v1's)."""
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or self.description

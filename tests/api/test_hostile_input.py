@@ -78,6 +78,14 @@ async def test_unreadable_json_values_answer_400_naming_the_field(
     assert message(envelope).startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize("path", [CALLS, f"/v2/accounts/{ACCOUNT}/users", "/sim/v1/incoming"])
+async def test_a_body_that_is_not_utf8_answers_400(app: Harness, path: str) -> None:
+    headers = {**app.auth, "Content-Type": "application/json"}
+    r = await app.client.post(path, content=b'{"name": "\xff"}', headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["response"]["error_data"]["message"] == "request body is not valid UTF-8"
+
+
 BAD_URLS = {
     "streaming.url": [
         "wss://example.com:99999/bot",

@@ -20,7 +20,7 @@ from callbridge.webhooks.worker import DeliveryWorker
 
 from ..harness import ACCOUNT, AGENT, CUSTOMER, Harness, running_app
 from ..media.calls_support import media_app
-from ..media.support import Bot, wait_for
+from ..media.support import Bot, tone, wait_for
 from ..webhooks.helpers import Receiver
 
 CALLS = "/v3/accounts/{account_sid}/calls"
@@ -177,6 +177,13 @@ async def test_stream_sessions_and_bytes_follow_a_streamed_call(
         during = await scrape(h)
         assert value(during, "callbridge_stream_sessions_total") == 1
         assert value(during, "callbridge_stream_sessions_active") == 1
+        assert value(during, "callbridge_stream_bytes_total", direction="from_bot") == 0
+        # The bot answers with 0.2 s of audio, played into the call.
+        reply = tone(1000, 0.2)
+        stream_sid = bot.events("start")[0]["stream_sid"]
+        media = {"payload": base64.b64encode(reply).decode()}
+        await bot.send({"event": "media", "stream_sid": stream_sid, "media": media})
+        await h.run(0.5)
         await h.terminal(sid)
         await wait_for(lambda: bool(bot.events("stop")))
         await asyncio.sleep(0.05)
@@ -184,6 +191,7 @@ async def test_stream_sessions_and_bytes_follow_a_streamed_call(
     sent = sum(len(base64.b64decode(m["media"]["payload"])) for m in bot.events("media"))
     assert sent > 0
     assert value(after, "callbridge_stream_bytes_total", direction="to_bot") == sent
+    assert value(after, "callbridge_stream_bytes_total", direction="from_bot") == len(reply)
     assert value(after, "callbridge_stream_sessions_total") == 1
     assert value(after, "callbridge_stream_sessions_active") == 0
 

@@ -23,6 +23,7 @@ from callbridge.store.tables import busy_marks, calls, nodes, outbox
 from callbridge.telephony.sim import PhoneState
 
 from ..harness import AGENT, CUSTOMER, Harness, running_app
+from ..v1.support import connect, rest_exception
 
 HOOK = "http://127.0.0.1:9/hook"
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
@@ -98,9 +99,12 @@ async def test_renewals_in_doubt_refuse_new_calls_with_503_until_one_succeeds(
             lease.store = real_store
         assert lease.state is LeaseState.DOUBTFUL
         r = await h.create_call()
-        assert r.status_code == 503
+        assert (r.status_code, r.headers["retry-after"]) == (503, "1")
         error = r.json()["response"]["error_data"]
         assert error["code"] == 503 and "cannot renew its lease" in error["message"]
+        v1 = await connect(h)  # the v1 dialect says the same in its own shape
+        assert (v1.status_code, v1.headers["retry-after"]) == (503, "1")
+        assert rest_exception(v1)["Code"] == 503
         async with store.read() as conn:
             assert await conn.scalar(select(func.count()).select_from(busy_marks)) == 0
             assert await conn.scalar(select(func.count()).select_from(calls)) == 0

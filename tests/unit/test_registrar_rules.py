@@ -97,8 +97,14 @@ def test_plan_refuses_too_brief_out_of_order_and_too_many() -> None:
     brief = plan_register(req(("sip:a", 10)), {}, POLICY)
     assert brief == RegisterRefusal(423, "Interval Too Brief", min_expires_s=60)
     stored = {"sip:a": StoredBinding("cid", 5)}
-    assert isinstance(plan_register(req(("sip:a", 120), cseq=5), stored, POLICY), RegisterRefusal)
-    assert plan_register(req(("sip:a", 120), cseq=1), {"sip:a": StoredBinding("old", 9)}, POLICY)
+    assert plan_register(req(("sip:a", 120), cseq=5), stored, POLICY) == RegisterRefusal(
+        500, "out-of-order REGISTER (CSeq not higher)"
+    )
+    # Another Call-ID starts its own CSeq count: not out of order.
+    other_call = {"sip:a": StoredBinding("old", 9)}
+    assert plan_register(req(("sip:a", 120), cseq=1), other_call, POLICY) == RegisterPlan(
+        {"sip:a": 120}, frozenset()
+    )
     many = plan_register(req(("sip:b", 120), ("sip:c", 120)), stored, POLICY)
     assert isinstance(many, RegisterRefusal) and many.status == 403
 

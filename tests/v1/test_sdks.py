@@ -203,7 +203,17 @@ def test_pyexotel_reports_a_refused_call_its_own_way(
 
 
 def test_bulk_call_details_list_what_the_sdks_placed(server: Server) -> None:
-    """Neither SDK has a listing of calls: the v1 one, as a CRM's sync reads it."""
+    """Neither SDK has a listing of calls: the v1 one, as a CRM's sync reads it, finds the
+    calls the SDK placed, newest first."""
+    phones(server, **{AGENT: QUICK, CUSTOMER: TALK_1S})
+    client = exotel.Exotel(ACCOUNT, TOKEN, baseurl=f"{server.base_url}/")
+    sids = []
+    for n in range(2):
+        r = client.call_number(AGENT, EXOPHONE, CUSTOMER, custom_data=f"list-{n}")
+        assert r.status_code == 200, r.text
+        sid = r.json()["Call"]["Sid"]
+        until(lambda sid=sid: client.call_details(sid).json()["Call"], lambda c: c["EndTime"])
+        sids.append(sid)
     r = requests.get(
         f"{server.base_url}/v1/Accounts/{ACCOUNT}/Calls.json",
         params={"Status": "completed", "PageSize": 2},
@@ -213,7 +223,8 @@ def test_bulk_call_details_list_what_the_sdks_placed(server: Server) -> None:
     assert r.status_code == 200, r.text
     page = r.json()
     assert page["Metadata"]["PageSize"] == 2
-    assert all(c["Status"] == "completed" for c in page["Calls"])
+    assert [c["Sid"] for c in page["Calls"]] == sids[::-1]
+    assert [c["Status"] for c in page["Calls"]] == ["completed", "completed"]
 
 
 # -- v1 callbacks, end to end --------------------------------------------------------------

@@ -62,9 +62,8 @@ def failure(request_id: str, method: str, error: CallbridgeError) -> EnvelopeRes
         },
     }
     headers: dict[str, str] = {}
-    retry_after_s = getattr(error, "retry_after_s", None)
-    if isinstance(retry_after_s, int):
-        headers["Retry-After"] = str(retry_after_s)
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
     return EnvelopeResponse(
         content, status_code=error.http_status, headers=_with_id(headers, request_id)
     )

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from callbridge.api.envelope import failure
-from callbridge.errors import CallbridgeError, TooManyRequests
+from callbridge.errors import CallbridgeError
 
 XML_MEDIA_TYPE = "application/xml; charset=utf-8"
 LEGACY_PREFIXES = ("/v1/", "/v2_beta/")
@@ -127,7 +127,7 @@ def legacy_error(error: CallbridgeError, *, as_json: bool) -> Response:
         }
     }
     response = legacy_response(body, as_json=as_json, status=error.http_status)
-    if isinstance(error, TooManyRequests):
+    if error.retry_after_s is not None:
         response.headers["Retry-After"] = str(error.retry_after_s)
     return response
 
