@@ -168,7 +168,7 @@ async def test_a_dead_nodes_mark_stays_while_its_call_is_still_active(
         sid = await orphan_call(store, clock, "ghost", AGENT, bridged=True)
         async with store.tx() as conn:
             declared = await node_store.declare_dead(
-                conn, now=clock.now(), ttl_s=8, except_node=h.services.node_id
+                conn, now=clock.now(), ttl_s=8, except_node=h.services.engine.node_id
             )
             assert declared == ["ghost"]
             assert await busy_store.release_marks_of_dead_owners(conn) == []

@@ -40,7 +40,7 @@ async def _set_device(h: Harness, available: bool, verified: bool, busy: bool) -
                 account_sid=ACCOUNT,
                 contact_uri=AGENT,
                 call_sid="c" * 32,
-                owner_node=h.services.node_id,
+                owner_node=h.services.engine.node_id,
                 now=h.clock.now(),
             )
     return str(asha["id"])

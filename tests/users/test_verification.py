@@ -168,7 +168,7 @@ async def test_verification_refusals(store: Store, clock: ManualClock) -> None:
                 account_sid=ACCOUNT,
                 contact_uri=PHONE,
                 call_sid="c" * 32,
-                owner_node=h.services.node_id,
+                owner_node=h.services.engine.node_id,
                 now=h.clock.now(),
             )
         r = await start(h, user_id, device_id)

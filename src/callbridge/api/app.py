@@ -225,7 +225,6 @@ def create_app(
                 clock=the_clock,
                 driver=the_driver,
                 engine=engine,
-                node_id=the_node,
                 auth=Authenticator(
                     the_store,
                     clock=the_clock.monotonic,

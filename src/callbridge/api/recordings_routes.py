@@ -104,8 +104,6 @@ async def create_link(request: Request, account_sid: str, recording_id: str) -> 
     service = _recordings(request)
     if not _ID.match(recording_id) or await service.size_of(account.sid, recording_id) is None:
         raise NotFound("recording not found")
-    if svc.links is None:
-        raise NotFound("recordings are not available")
     link, expires = svc.links.link_and_expiry(account.sid, recording_id)
     return success(
         request_id(request),

@@ -12,7 +12,7 @@ from callbridge.api.idempotency import IdempotencyStore
 from callbridge.clock import Clock
 from callbridge.engine.core import CallEngine
 from callbridge.errors import ServiceUnavailable
-from callbridge.media.links import RecordingLinks, public_base_url
+from callbridge.media.links import RecordingLinks
 from callbridge.metrics import Metrics
 from callbridge.settings import Settings
 from callbridge.store.accounts import Account
@@ -29,29 +29,23 @@ class Services:
     clock: Clock
     driver: TelephonyDriver
     engine: CallEngine
-    node_id: str
     auth: Authenticator
     rate_limiter: RateLimiter
     idempotency: IdempotencyStore
     guard: UrlGuard
     metrics: Metrics
+    links: RecordingLinks
     sim: SimulatedCarrier | None = None
-    links: RecordingLinks | None = None
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     def recording_url(self, recording_id: str, account_sid: str) -> str:
         """The credentialled URL of a recording (what stored data keeps)."""
-        if self.links is not None:
-            return self.links.url(account_sid, recording_id)
-        base = public_base_url(self.settings)
-        return f"{base}/v3/accounts/{account_sid}/recordings/{recording_id}.mp3"
+        return self.links.url(account_sid, recording_id)
 
     def recording_link(self, recording_id: str, account_sid: str, ttl_s: int | None = None) -> str:
         """What a response shows: a signed link anyone can fetch until it expires; the
         account's credentials also open it (and the URL without its query) after that."""
-        if self.links is None:
-            return self.recording_url(recording_id, account_sid)
         return self.links.link(account_sid, recording_id, ttl_s)
 
 

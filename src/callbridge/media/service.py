@@ -106,9 +106,7 @@ class RecordingService:
         return ids
 
     async def read(self, account_sid: str, recording_id: str) -> bytes | None:
-        """The MP3 of an account's recording, or None (another account's id is None too)."""
-        if await self.size_of(account_sid, recording_id) is None:
-            return None
+        """The MP3 of a recording whose size (and so its account) the caller checked."""
         return await self.storage.read(account_sid, recording_id)
 
     async def size_of(self, account_sid: str, recording_id: str) -> int | None:
