@@ -80,7 +80,8 @@ async def test_node_declared_dead_ends_its_calls_and_rejoins_under_a_new_id(
         assert owner == lease.node_id
         await h.services.extras["reconciler"].reconcile_once()
         async with store.read() as conn:
-            assert await node_store.live_nodes(conn) == [lease.node_id]
+            states = await node_store.lease_states(conn, clock.now(), lease.ttl_s)
+            assert states == ([lease.node_id], [])
             assert await node_store.dead_heartbeats(conn) == {}
 
 
@@ -147,7 +148,7 @@ async def test_lease_unrenewed_for_the_whole_ttl_ends_the_calls_before_peers_may
         assert (await h.create_call()).status_code == 200
 
 
-def _orphan(owner: str, index: int, now_offset_s: float, clock: ManualClock) -> tuple[Call, Leg]:
+def _orphan(index: int, now_offset_s: float, clock: ManualClock) -> tuple[Call, Leg]:
     now = clock.now() - timedelta(seconds=now_offset_s)
     agent = f"+91990001{index:04d}"
     call = Call(
@@ -182,7 +183,7 @@ async def test_reconcilers_on_several_nodes_end_each_orphan_exactly_once(
         async with store.tx() as conn:
             await node_store.register_node(conn, "ghost", clock.now() - timedelta(seconds=60), {})
             for i in range(orphans):
-                call, leg = _orphan("ghost", i, 30, clock)
+                call, leg = _orphan(i, 30, clock)
                 await call_store.insert_call(conn, call, options, "ghost")
                 await call_store.insert_leg(conn, leg)
                 await busy_store.mark_busy(

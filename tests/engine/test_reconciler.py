@@ -103,11 +103,13 @@ async def test_dead_nodes_calls_end_and_agents_are_freed(store: Store, clock: Ma
         async with store.read() as conn:
             marks = (await conn.execute(select(busy_marks.c.contact_uri))).scalars().all()
             events = (await conn.execute(select(outbox.c.call_sid, outbox.c.event_type))).all()
-            live_nodes = await node_store.live_nodes(conn)
+            live, expired = await node_store.lease_states(
+                conn, clock.now(), h.services.settings.lease_ttl_s
+            )
             dead_nodes = await node_store.dead_heartbeats(conn)
         assert marks == [AGENT_2]
         assert events == [(dead_sid, "terminal")]
-        assert "ghost" not in live_nodes and "ghost" not in dead_nodes
+        assert "ghost" not in live + expired and "ghost" not in dead_nodes
         # The freed agent can take a call at once.
         assert (await h.create_call(from_uri=AGENT)).status_code == 200
 

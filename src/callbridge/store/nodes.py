@@ -91,11 +91,6 @@ async def forget_finished_dead(conn: AsyncConnection) -> int:
     return int(result.rowcount or 0)
 
 
-async def live_nodes(conn: AsyncConnection) -> list[str]:
-    rows = await conn.execute(select(nodes.c.id).where(nodes.c.dead_at.is_(None)))
-    return [r[0] for r in rows]
-
-
 async def lease_states(
     conn: AsyncConnection, now: datetime, ttl_s: float
 ) -> tuple[list[str], list[str]]:
