@@ -8,6 +8,7 @@ no-answer) where v3 has a state and a terminal status; `v1_status` is that mappi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,10 +37,30 @@ def _sides(legs: Sequence[Leg]) -> tuple[Leg | None, list[Leg]]:
     return (froms[0] if froms else None), [leg for leg in ordered if leg.side is LegSide.TO]
 
 
+@dataclass(frozen=True, slots=True)
+class _V1Legs:
+    """A call's legs as v1 reports them: leg 1 (the `from` leg), leg 2 (`_second_leg`) and
+    every leg in dialling order."""
+
+    leg1_status: str | None
+    leg2_status: str | None
+    ordered: list[Leg]
+
+
 def _second_leg(to_legs: list[Leg]) -> Leg | None:
     """The `to` leg v1 reports as leg 2: the one that answered, else the last one tried."""
     answered = [leg for leg in to_legs if leg.answered_at is not None]
     return answered[0] if answered else (to_legs[-1] if to_legs else None)
+
+
+def _v1_legs(legs: Sequence[Leg]) -> _V1Legs:
+    first, to_legs = _sides(legs)
+    second = _second_leg(to_legs)
+    return _V1Legs(
+        leg1_status=first.status.value if first is not None else None,
+        leg2_status=second.status.value if second is not None else None,
+        ordered=[leg for leg in (first, *to_legs) if leg is not None],
+    )
 
 
 def v1_status(call: Call, legs: Sequence[Leg]) -> str:
@@ -102,9 +123,7 @@ def v1_call(
     recording_url: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """The v1 `Call` resource (connect response, call details, bulk listing item)."""
-    first, to_legs = _sides(legs)
-    second = _second_leg(to_legs)
-    ordered = [leg for leg in (first, *to_legs) if leg is not None]
+    summary = _v1_legs(legs)
     recording = _recording(call, recording_url)
     return {
         "Sid": call.sid,
@@ -130,11 +149,11 @@ def v1_call(
         "CustomField": call.custom_field,
         "Details": {
             "ConversationDuration": _conversation_s(call),
-            "Leg1Status": first.status.value if first is not None else None,
-            "Leg2Status": second.status.value if second is not None else None,
+            "Leg1Status": summary.leg1_status,
+            "Leg2Status": summary.leg2_status,
             "Legs": [
                 {"Leg": {"Id": index, "OnCallDuration": _on_call_s(leg)}}
-                for index, leg in enumerate(ordered, start=1)
+                for index, leg in enumerate(summary.ordered, start=1)
             ],
         },
     }
@@ -157,9 +176,7 @@ def v1_callback_fields(
     )
     if style is V1Callbacks.BASIC:
         return fields
-    first, to_legs = _sides(legs)
-    second = _second_leg(to_legs)
-    ordered = [leg for leg in (first, *to_legs) if leg is not None]
+    summary = _v1_legs(legs)
     fields.update(
         EventType=None,
         DateCreated=format_v1_time(call.created_at, tz_name),
@@ -171,8 +188,11 @@ def v1_callback_fields(
         ConversationDuration=_conversation_s(call),
         Direction=v1_direction(call),
         CustomField=call.custom_field,
-        Leg1Status=first.status.value if first is not None else None,
-        Leg2Status=second.status.value if second is not None else None,
-        Legs=[{"OnCallDuration": _on_call_s(leg), "Status": leg.status.value} for leg in ordered],
+        Leg1Status=summary.leg1_status,
+        Leg2Status=summary.leg2_status,
+        Legs=[
+            {"OnCallDuration": _on_call_s(leg), "Status": leg.status.value}
+            for leg in summary.ordered
+        ],
     )
     return fields
