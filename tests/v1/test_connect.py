@@ -3,7 +3,10 @@ schemes, lower-case paths, the options it maps, and v1-shaped errors for every b
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
+
+import pytest
 
 from callbridge.clock import ManualClock
 from callbridge.store.calls import get_call_options
@@ -98,6 +101,33 @@ async def test_account_sid_with_token_authenticates_as_the_exotel_sdk_sends_it(
         }
         other = await connect(h, headers=basic("k_other", "t_other"))
         assert other.status_code == 404 and rest_exception(other)["Code"] == 1017
+
+
+async def test_the_account_sid_scheme_is_served_from_the_credential_cache(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one success, the sid-and-token scheme costs no database read, like key-and-token;
+    a wrong token still goes to the database (and the full hash check)."""
+    from callbridge.store import accounts as account_store
+
+    reads: list[str] = []
+    real = account_store.get_account
+
+    async def counted(conn: Any, sid: str) -> Any:
+        reads.append(sid)
+        return await real(conn, sid)
+
+    async with running_app(store, clock) as h:
+        assert (await connect(h, headers=basic(ACCOUNT, TOKEN))).status_code == 200
+        monkeypatch.setattr(account_store, "get_account", counted)
+        path = f"/v1/Accounts/{ACCOUNT}/Calls.json"
+        for _ in range(3):
+            r = await h.client.get(path, headers=basic(ACCOUNT, TOKEN))
+            assert r.status_code == 200, r.text
+        assert reads == []
+        wrong = await h.client.get(path, headers=basic(ACCOUNT, "not-the-token"))
+        assert wrong.status_code == 401
+        assert reads == [ACCOUNT]
         bare = await h.client.post(CONNECT, data={"From": AGENT})
         assert bare.status_code == 401 and rest_exception(bare)["Status"] == "401"
 

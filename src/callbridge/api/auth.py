@@ -64,6 +64,7 @@ class Authenticator:
         self._now = clock
         self._cache: dict[str, _CacheEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._key_of_sid: dict[str, str] = {}
         self.throttle = AuthThrottle(policy, clock=clock)
 
     def forget(self, api_key: str | None = None) -> None:
@@ -74,8 +75,9 @@ class Authenticator:
 
     async def authenticate(self, header: str | None, client: str | None = None) -> Account:
         """The account of the Basic credentials in `header`, sent from address `client`."""
-        address = address_key(client)
-        credentials = parse_basic(header)
+        return await self._authenticate(parse_basic(header), address_key(client))
+
+    async def _authenticate(self, credentials: tuple[str, str] | None, address: str) -> Account:
         self.throttle.check(address, credentials[0] if credentials else None)
         if credentials is None:
             self.throttle.failed(address, None)
@@ -112,12 +114,23 @@ class Authenticator:
         account sid in place of the API key (what the `exotel` SDK sends)."""
         credentials = parse_basic(header)
         if credentials is not None and credentials[0] == sid:
-            async with self._store.read() as conn:
-                account = await account_store.get_account(conn, sid)
-            if account is not None:
-                raw = f"{account.api_key}:{credentials[1]}".encode()
-                header = "Basic " + base64.b64encode(raw).decode()
-        return await self.account_for_path(header, sid, client)
+            credentials = (await self._key_of(sid, credentials[1]), credentials[1])
+        account = await self._authenticate(credentials, address_key(client))
+        return _of_path(account, sid)
+
+    async def _key_of(self, sid: str, token: str) -> str:
+        """The API key of account `sid` (the sid itself when there is no such account, which
+        then fails as an unknown key). Read from the database unless this sid and token
+        authenticated within the cache's lifetime."""
+        key = self._key_of_sid.get(sid)
+        if key is not None and self._cached(key, hashlib.sha256(token.encode()).digest()):
+            return key
+        async with self._store.read() as conn:
+            account = await account_store.get_account(conn, sid)
+        if account is None:
+            return sid
+        self._key_of_sid[sid] = account.api_key
+        return account.api_key
 
     def _cached(self, api_key: str, digest: bytes) -> Account | None:
         entry = self._cache.get(api_key)
@@ -139,10 +152,13 @@ class Authenticator:
         self, header: str | None, sid: str, client: str | None = None
     ) -> Account:
         """Authenticate, then require the path's account sid to be the credential's."""
-        account = await self.authenticate(header, client)
-        if account.sid != sid:
-            raise AccountNotFound(f"account {sid[:64]} not found for these credentials")
-        return account
+        return _of_path(await self.authenticate(header, client), sid)
+
+
+def _of_path(account: Account, sid: str) -> Account:
+    if account.sid != sid:
+        raise AccountNotFound(f"account {sid[:64]} not found for these credentials")
+    return account
 
 
 class RateLimiter:
